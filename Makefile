@@ -1,0 +1,74 @@
+# nova-libvirt-checks: set-up, demo, tests, sandbox, install, bench.
+# Every target installs what it needs on a fresh Debian 12 machine (as root).
+SHELL := /bin/bash
+PYTHON_SYS := /usr/bin/python3
+VENV := $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+NODE := $(CURDIR)/tests/data/nova-node.xml
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends
+# to build libvirt-python and run the checks on libvirt's test driver
+APT_BUILD := gcc pkg-config libvirt-dev python3-dev python3-venv libvirt-clients
+# the real services the tests start: libvirtd + QEMU guests, the cloud's MariaDB and RabbitMQ,
+# Icinga 2, Nagios 4, NRPE
+APT_SERVICES := libvirt-daemon-system qemu-system-x86 qemu-utils busybox-static cpio iproute2 \
+	mariadb-server rabbitmq-server icinga2 icinga2-bin icinga2-common nagios4-core \
+	nagios-nrpe-server nagios-nrpe-plugin monitoring-plugins-basic rrdtool librrds-perl \
+	curl jq procps bc openssl util-linux
+PYTEST_ARGS ?=
+# where `make install` puts the venv and the plugin links (NRPE's default plugin dir)
+PREFIX ?= /opt/nova-libvirt-checks
+PLUGINDIR ?= /usr/lib/nagios/plugins
+
+.PHONY: all demo test venv apt-build apt-services sandbox sandbox-stop install bench clean
+
+all: venv
+
+apt-build:
+	@dpkg -s $(APT_BUILD) >/dev/null 2>&1 || { apt-get -o DPkg::Lock::Timeout=900 update -qq && $(APT_INSTALL) $(APT_BUILD) >/dev/null; }
+
+apt-services: apt-build
+	@dpkg -s $(APT_SERVICES) >/dev/null 2>&1 || { apt-get -o DPkg::Lock::Timeout=900 update -qq && $(APT_INSTALL) $(APT_SERVICES) >/dev/null; }
+
+$(PY): setup.py constraints.txt | apt-build
+	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,clouds]'
+	touch $(PY)
+
+venv: $(PY)
+
+demo: venv
+	@echo '$$ ./checks/check_libvirtd -U test:///default'
+	@./checks/check_libvirtd -U test:///default; echo "(exit $$?)"
+	@echo '$$ ./checks/check_libvirtd -U test://$(NODE) --domains-warning paused=0 --domains-critical crashed=0'
+	@./checks/check_libvirtd -U test://$(NODE) --domains-warning paused=0 --domains-critical crashed=0; echo "(exit $$?)"
+	@echo '$$ ./checks/check_libvirt_instances -U test://$(NODE) -w disk_write_bytes=20K -c cpu=95'
+	@./checks/check_libvirt_instances -U test://$(NODE) -w disk_write_bytes=20K -c cpu=95 --top 5; echo "(exit $$?)"
+
+test: apt-services venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+sandbox: apt-services venv
+	tests/harness/libvirt/start
+	tests/harness/cloud/start
+	@. $${NLC_CLOUD_DIR:-/var/tmp/nlc-test/cloud}/openrc; set -x; \
+	./checks/check_libvirtd; \
+	./checks/check_libvirt_instances -w disk_write_bytes=100K -c cpu=90; \
+	./checks/check_nova_hypervisors -w vcpus=80% -c vcpus=95%; true
+
+sandbox-stop:
+	-tests/harness/cloud/stop
+	-tests/harness/libvirt/stop
+
+install: apt-build
+	test -x $(PREFIX)/bin/python || $(PYTHON_SYS) -m venv $(PREFIX)
+	$(PREFIX)/bin/pip install -q --disable-pip-version-check -c constraints.txt '.[clouds]'
+	chmod -R a+rX $(PREFIX)
+	mkdir -p $(PLUGINDIR)
+	for check in check_libvirtd check_libvirt_instances check_nova_hypervisors; do \
+		ln -sf $(PREFIX)/bin/$$check $(PLUGINDIR)/$$check; done
+
+bench: apt-services venv
+	$(PY) bench/run
+
+clean:
+	rm -rf $(VENV) build lib/*.egg-info .pytest_cache .hypothesis

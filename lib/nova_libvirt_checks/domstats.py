@@ -1,0 +1,165 @@
+"""Samples of every domain's counters, in one bulk call where the driver has it.
+
+QEMU/KVM: one virConnectGetAllDomainStats with the NOWAIT flag, so a domain that holds its
+job lock (migration, shutdown, a stuck QEMU monitor) does not stall the whole check; it comes
+back with fewer fields. Drivers without bulk stats (LXC, the test driver) answer the bulk call
+with the state alone: then each domain is asked in turn (info, blockStats, interfaceStats,
+memoryStats). Both paths give the same counter keys:
+
+    cpu                      total CPU time, ns
+    disk:<dev>:<field>       rd_bytes rd_ops wr_bytes wr_ops
+    net:<dev>:<field>        rx_bytes rx_packets rx_errors rx_drops, tx_... the same
+and the gauges `memory_kib` / `memory_used_kib` where the balloon driver reports them.
+"""
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+from .connection import DOMAIN_STATES
+
+ACTIVE_STATES = {1, 2, 3, 7}        # running, blocked, paused, pmsuspended: have live counters
+
+_BLOCK_FIELDS = (("rd.bytes", "rd_bytes"), ("rd.reqs", "rd_ops"),
+                 ("wr.bytes", "wr_bytes"), ("wr.reqs", "wr_ops"))
+_NET_FIELDS = (("rx.bytes", "rx_bytes"), ("rx.pkts", "rx_packets"), ("rx.errs", "rx_errors"),
+               ("rx.drop", "rx_drops"), ("tx.bytes", "tx_bytes"), ("tx.pkts", "tx_packets"),
+               ("tx.errs", "tx_errors"), ("tx.drop", "tx_drops"))
+
+
+@dataclass
+class DomainSample:
+    uuid: str
+    name: str
+    id: int                          # changes whenever the domain is (re)started
+    state: int
+    time: float                      # time.monotonic() when the counters were read
+    vcpus: Optional[int] = None
+    counters: Dict[str, int] = field(default_factory=dict)
+    gauges: Dict[str, float] = field(default_factory=dict)
+    error: Optional[str] = None      # why this domain could not be measured
+
+    @property
+    def state_name(self):
+        return DOMAIN_STATES.get(self.state, "nostate")
+
+    @property
+    def active(self):
+        return self.state in ACTIVE_STATES
+
+
+class Sampler:
+    def __init__(self, libvirt, conn, mode="auto", devices=None):
+        """`devices(dom) -> (disks, nics)` names a domain's devices for the per-domain path."""
+        self.libvirt = libvirt
+        self.conn = conn
+        self.mode = mode
+        self.devices = devices
+        self.used_mode = None
+
+    def sample(self):
+        """{uuid: DomainSample} for every domain on the host, and the virDomain objects."""
+        if self.mode in ("auto", "bulk"):
+            samples, domains = self._bulk()
+            if self.mode == "bulk" or not self._bulk_lacks_counters(samples):
+                self.used_mode = "bulk"
+                return samples, domains
+        self.used_mode = "per-domain"
+        return self._per_domain()
+
+    @staticmethod
+    def _bulk_lacks_counters(samples):
+        return any(s.active and "cpu" not in s.counters for s in samples.values())
+
+    def _bulk(self):
+        lv = self.libvirt
+        groups = (lv.VIR_DOMAIN_STATS_STATE | lv.VIR_DOMAIN_STATS_CPU_TOTAL | lv.VIR_DOMAIN_STATS_BALLOON
+                  | lv.VIR_DOMAIN_STATS_VCPU | lv.VIR_DOMAIN_STATS_INTERFACE | lv.VIR_DOMAIN_STATS_BLOCK)
+        try:
+            records = self.conn.getAllDomainStats(groups, lv.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
+        except lv.libvirtError as exc:
+            if exc.get_error_code() not in (lv.VIR_ERR_INVALID_ARG, lv.VIR_ERR_NO_SUPPORT):
+                raise
+            records = self.conn.getAllDomainStats(groups, 0)   # a daemon older than NOWAIT
+        now = time.monotonic()
+        samples, domains = {}, {}
+        for dom, record in records:
+            sample = DomainSample(dom.UUIDString(), dom.name(), dom.ID(),
+                                  record.get("state.state", 0), now, record.get("vcpu.current"))
+            if sample.active:
+                _read_record(record, sample)
+            samples[sample.uuid] = sample
+            domains[sample.uuid] = dom
+        return samples, domains
+
+    def _per_domain(self):
+        lv = self.libvirt
+        samples, domains = {}, {}
+        for dom in self.conn.listAllDomains(0):
+            try:
+                uuid, name = dom.UUIDString(), dom.name()
+                state, _max_kib, _kib, vcpus, cpu_time = dom.info()
+                sample = DomainSample(uuid, name, dom.ID(), state, time.monotonic(), vcpus)
+                if sample.active:
+                    sample.counters["cpu"] = cpu_time
+                    self._read_devices(dom, sample)
+                    sample.time = time.monotonic()
+            except lv.libvirtError as exc:
+                if exc.get_error_code() == lv.VIR_ERR_NO_DOMAIN:
+                    continue            # gone between listing and asking: not on the host now
+                sample = DomainSample(dom.UUIDString(), dom.name(), -1, 0, time.monotonic(),
+                                      error=" ".join(str(exc).split()))
+            samples[sample.uuid] = sample
+            domains[sample.uuid] = dom
+        return samples, domains
+
+    def _read_devices(self, dom, sample):
+        lv = self.libvirt
+        disks, nics = self.devices(dom)
+        for disk in disks:
+            try:
+                rd_ops, rd_bytes, wr_ops, wr_bytes, _errs = dom.blockStats(disk)
+            except lv.libvirtError:
+                continue                # unplugged since the XML was read
+            for key, value in (("rd_bytes", rd_bytes), ("rd_ops", rd_ops),
+                               ("wr_bytes", wr_bytes), ("wr_ops", wr_ops)):
+                if value >= 0:
+                    sample.counters[f"disk:{disk}:{key}"] = value
+        for nic in nics:
+            try:
+                values = dom.interfaceStats(nic)
+            except lv.libvirtError:
+                continue
+            for (_, key), value in zip(_NET_FIELDS, values):
+                if value >= 0:
+                    sample.counters[f"net:{nic}:{key}"] = value
+        try:
+            memory = dom.memoryStats()
+        except lv.libvirtError:
+            memory = {}
+        _memory_gauges(memory.get("available"), memory.get("usable", memory.get("unused")), sample)
+
+
+def _read_record(record, sample):
+    if "cpu.time" in record:
+        sample.counters["cpu"] = record["cpu.time"]
+    for i in range(record.get("block.count", 0)):
+        disk = record.get(f"block.{i}.name")
+        for stat, key in _BLOCK_FIELDS:
+            value = record.get(f"block.{i}.{stat}")
+            if disk and value is not None and value >= 0:
+                sample.counters[f"disk:{disk}:{key}"] = value
+    for i in range(record.get("net.count", 0)):
+        nic = record.get(f"net.{i}.name")
+        for stat, key in _NET_FIELDS:
+            value = record.get(f"net.{i}.{stat}")
+            if nic and value is not None and value >= 0:
+                sample.counters[f"net:{nic}:{key}"] = value
+    _memory_gauges(record.get("balloon.available"),
+                   record.get("balloon.usable", record.get("balloon.unused")), sample)
+
+
+def _memory_gauges(available_kib, free_kib, sample):
+    """Guest memory in use, as the balloon driver inside the guest reports it."""
+    if available_kib and free_kib is not None and 0 <= free_kib <= available_kib:
+        sample.gauges["memory_kib"] = available_kib
+        sample.gauges["memory_used_kib"] = available_kib - free_kib

@@ -1,0 +1,507 @@
+"""check_libvirt_instances: per-instance CPU, disk and network I/O, named as the cloud knows them.
+
+The story of one run: sample every domain's counters (one bulk call on QEMU), name each domain
+from its Nova metadata (cached between runs), turn counters into rates against the previous
+run's sample, compare each selected instance with the limits, and tell who breaks them.
+"""
+import argparse
+import hashlib
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from . import metadata, plugin
+from .connection import STATE_WORDS, call_error, default_uri, libvirt_module, open_connection
+from .domstats import Sampler
+from .metadata import NovaInstance
+from .perfdata import label, token
+from .rates import METRICS, gauges, rates, to_state
+from .state import StateError, StateFile, boot_id, file_for
+from .thresholds import PLAIN_UNITS, SIZE_UNITS, named_range_type, state_of
+
+NAME = "INSTANCES"
+STATE_NAMES = ("nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed",
+               "pmsuspended")
+STATE_VERSION = 1
+
+
+# ---------------------------------------------------------------- arguments
+
+def _regex(text):
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"not a valid regular expression {text!r}: {exc}") from None
+
+
+def _states(text):
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in STATE_NAMES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown domain state in {text!r} (one of: {', '.join(STATE_NAMES)})")
+    return names
+
+
+def _non_negative(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+def _positive_int(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
+    return int(text)
+
+
+def _units_of(metric):
+    return PLAIN_UNITS if METRICS[metric].kind == "percent" else SIZE_UNITS
+
+
+def build_parser():
+    metric_names = ", ".join(METRICS)
+    parser = plugin.ArgumentParser(
+        "check_libvirt_instances",
+        "Per-instance CPU, disk and network I/O rates from libvirt, with limits, naming each "
+        "instance by its Nova name and tenant (from Nova's <nova:instance> domain metadata).",
+        default_timeout=10,
+        epilog="Metrics (per second, cpu and memory in %): " + metric_names + ".\n"
+               "Sizes take K M G T (x1000) or Ki Mi Gi Ti (x1024), e.g. 50M = 50,000,000 B/s.\n"
+               "Examples:\n"
+               "  check_libvirt_instances -w disk_write_bytes=50M -c disk_write_bytes=100M -c cpu=95\n"
+               "  check_libvirt_instances --tenant '^acme$' -w net_rx_bytes=10M --state-critical crashed\n"
+               "Rates compare with the previous run's sample, kept in a state file; with no usable\n"
+               "sample (first run, restarted instance), the check samples twice, --interval apart.")
+    parser.add_argument("-U", "--connect", metavar="URI", default=None,
+                        help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system); read-only")
+    limits = named_range_type(set(METRICS), _units_of)
+    parser.add_argument("-w", "--warning", type=limits, action="append", default=[],
+                        metavar="METRIC=RANGE", help="warning range per instance; repeatable")
+    parser.add_argument("-c", "--critical", type=limits, action="append", default=[],
+                        metavar="METRIC=RANGE", help="critical range per instance; repeatable")
+    parser.add_argument("--total-warning", type=limits, action="append", default=[],
+                        metavar="METRIC=RANGE",
+                        help="warning range for the sum over the selected instances (cpu: %% of the "
+                             "host's CPUs); repeatable")
+    parser.add_argument("--total-critical", type=limits, action="append", default=[],
+                        metavar="METRIC=RANGE", help="critical range for the sum; repeatable")
+    parser.add_argument("--state-warning", type=_states, action="append", default=[],
+                        metavar="STATES", help="instances in these states (comma list, e.g. "
+                        "paused,blocked) are WARNING")
+    parser.add_argument("--state-critical", type=_states, action="append", default=[],
+                        metavar="STATES", help="instances in these states (e.g. crashed) are CRITICAL")
+    select = parser.add_argument_group("selection (regular expressions, searched; excludes win)")
+    for option, what in (("tenant", "tenant (project) name or uuid"), ("name", "Nova name"),
+                         ("domain", "libvirt domain name or uuid")):
+        select.add_argument(f"--{option}", type=_regex, action="append", default=[], metavar="REGEX",
+                            help=f"only instances whose {what} matches; repeatable")
+        select.add_argument(f"--exclude-{option}", type=_regex, action="append", default=[],
+                            metavar="REGEX", help=f"leave out instances whose {what} matches")
+    select.add_argument("--skip-non-nova", action="store_true",
+                        help="leave out domains without Nova metadata (default: named by libvirt name)")
+    output = parser.add_argument_group("output")
+    output.add_argument("--top", type=_positive_int, default=10, metavar="N",
+                        help="long output: the N worst instances, one line each (default 10)")
+    output.add_argument("--perfdata", choices=("all", "offenders", "totals", "none"), default="all",
+                        help="per-instance perfdata for all instances (default), only those over a "
+                             "limit, or only host totals and counts")
+    output.add_argument("--max-output", type=_positive_int, default=60000, metavar="BYTES",
+                        help="keep the output under this size, dropping per-instance perfdata of "
+                             "instances within limits first (default 60000, under NRPE's 64 KB; "
+                             "1000 for NRPE v2 clients)")
+    measuring = parser.add_argument_group("measuring")
+    measuring.add_argument("--stats-mode", choices=("auto", "bulk", "per-domain"), default="auto",
+                           help="bulk stats call (QEMU), per-domain calls (LXC, test driver), or "
+                                "auto: bulk where it has counters (default)")
+    measuring.add_argument("--interval", type=_non_negative, default=1.0, metavar="SECONDS",
+                           help="with no usable previous sample, sample twice this far apart within "
+                                "the run (default 1); 0: report 'collecting baseline' instead")
+    measuring.add_argument("--max-age", type=_non_negative, default=1800, metavar="SECONDS",
+                           help="a previous sample older than this is not used (default 1800)")
+    measuring.add_argument("--metadata-ttl", type=_non_negative, default=900, metavar="SECONDS",
+                           help="re-read a domain's Nova metadata after about this long; a restarted "
+                                "domain is always re-read (default 900)")
+    measuring.add_argument("--state-dir", metavar="DIR", default=None,
+                           help="directory for the state file (default $NOVA_LIBVIRT_CHECKS_STATE_DIR, "
+                                "else /var/tmp/nova-libvirt-checks-UID)")
+    return parser
+
+
+# ---------------------------------------------------------------- naming (metadata cache)
+
+class Names:
+    """Nova metadata and device names of each domain, read once and kept in the state file.
+
+    Metadata changes rarely (resize, rename): an entry is re-read when the domain restarted
+    or after about `ttl` seconds (spread by uuid so that not all expire in the same run).
+    """
+
+    def __init__(self, libvirt, cached, ttl, now):
+        self.libvirt = libvirt
+        self.entries = {}
+        self.cached = cached if isinstance(cached, dict) else {}
+        self.ttl = ttl
+        self.now = now
+
+    def _fresh(self, uuid, entry, dom_id):
+        if not isinstance(entry, dict) or entry.get("id") != dom_id:
+            return False
+        spread = 0.75 + int(hashlib.sha256(uuid.encode()).hexdigest()[:4], 16) / 0xffff / 2
+        return 0 <= self.now - entry.get("t", -1e18) <= self.ttl * spread
+
+    def entry(self, uuid, dom):
+        if uuid not in self.entries:
+            cached = self.cached.get(uuid)
+            if self._fresh(uuid, cached, dom.ID()):
+                self.entries[uuid] = cached
+            else:
+                nova, disks, nics = metadata.describe(dom.XMLDesc(0))
+                self.entries[uuid] = {"id": dom.ID(), "t": self.now, "disks": disks, "nics": nics,
+                                      "nova": nova.to_dict() if nova else None}
+        return self.entries[uuid]
+
+    def devices(self, dom):
+        entry = self.entry(dom.UUIDString(), dom)
+        return entry["disks"], entry["nics"]
+
+    def nova(self, uuid, dom):
+        return NovaInstance.from_dict(self.entry(uuid, dom)["nova"])
+
+
+# ---------------------------------------------------------------- instances
+
+@dataclass
+class Instance:
+    uuid: str
+    domain: str
+    state: str
+    nova: Optional[NovaInstance]
+    vcpus: Optional[int]
+    values: Dict[str, float] = field(default_factory=dict)
+    problems: List[tuple] = field(default_factory=list)     # (state, text)
+    note: Optional[str] = None                               # why not (fully) measured
+    label: str = ""
+
+    @property
+    def name(self):
+        return self.nova.name if self.nova else self.domain
+
+    @property
+    def tenant(self):
+        if not self.nova:
+            return "not Nova"
+        return self.nova.project_name or self.nova.project_uuid or "no owner"
+
+    @property
+    def title(self):
+        return f"{self.name} ({self.tenant})"
+
+    @property
+    def worst(self):
+        return max((state for state, _ in self.problems), default=plugin.OK)
+
+
+def selected(args, inst):
+    nova = inst.nova
+    fields = {"tenant": [nova.project_name, nova.project_uuid] if nova else [],
+              "name": [nova.name] if nova else [],
+              "domain": [inst.domain, inst.uuid]}
+    if args.skip_non_nova and not nova:
+        return False
+    for option, values in fields.items():
+        values = [v for v in values if v]
+        includes = getattr(args, option)
+        if includes and not any(rx.search(v) for rx in includes for v in values):
+            return False
+        if any(rx.search(v) for rx in getattr(args, f"exclude_{option}") for v in values):
+            return False
+    return True
+
+
+def instance_labels(instances):
+    """Per-instance perfdata label base: the Nova (or libvirt) name and 8 hex of the uuid;
+    unique (longer uuid where two collide) and unchanged while the instance lives."""
+    chosen = {}
+    for inst in sorted(instances, key=lambda i: i.uuid):
+        digits = 8
+        while True:
+            candidate = f"{label(inst.name)}_{inst.uuid.replace('-', '')[:digits]}"
+            if candidate not in chosen.values() or digits >= 32:
+                break
+            digits += 4
+        chosen[inst.uuid] = candidate
+    for inst in instances:
+        inst.label = chosen[inst.uuid]
+
+
+# ---------------------------------------------------------------- measuring
+
+def measure(args):
+    uri = args.connect or default_uri()
+    libvirt = libvirt_module()
+    conn = open_connection(uri, read_only=True)
+    store = StateFile(file_for("instances", uri, args.state_dir))
+    document = store.load()
+    if document.get("version") != STATE_VERSION or document.get("boot") != boot_id():
+        document = {}
+    now = time.monotonic()
+    names = Names(libvirt, document.get("names"), args.metadata_ttl, now)
+    sampler = Sampler(libvirt, conn, args.stats_mode, devices=names.devices)
+    try:
+        host_cpus = conn.getInfo()[2]
+        samples, domains = sampler.sample()
+        instances = {uuid: _instance(libvirt, names, uuid, domains[uuid], sample)
+                     for uuid, sample in samples.items()}
+    except libvirt.libvirtError as exc:
+        raise call_error(exc, f"reading domain stats from {uri}", plugin.UNKNOWN) from None
+    chosen = [inst for inst in instances.values() if inst and selected(args, inst)]
+
+    previous = {uuid: entry for uuid, entry in (document.get("samples") or {}).items()
+                if isinstance(entry, dict) and 0 <= now - entry.get("t", -1e18) <= args.max_age}
+    waiting = [i for i in chosen if samples[i.uuid].active and not samples[i.uuid].error
+               and not rates(previous.get(i.uuid), samples[i.uuid], 1)]
+    baseline_in_run = waiting and args.interval > 0 and args.interval < args.timeout / 2
+    if baseline_in_run:
+        first = samples
+        time.sleep(args.interval)
+        try:
+            samples, domains = sampler.sample()
+        except libvirt.libvirtError as exc:
+            raise call_error(exc, f"reading domain stats from {uri}", plugin.UNKNOWN) from None
+        for inst in waiting:
+            previous[inst.uuid] = to_state(first[inst.uuid])
+
+    for inst in chosen:
+        sample = samples.get(inst.uuid)
+        if sample is None:
+            inst.note = "vanished during the check"
+            continue
+        inst.state = sample.state_name
+        if sample.error:
+            inst.note = f"not measured: {sample.error}"
+            continue
+        if not sample.active:
+            continue
+        inst.values = rates(previous.get(inst.uuid), sample, inst.vcpus or sample.vcpus)
+        if not inst.values:
+            inst.note = ("collecting baseline, rates from the next run" if not baseline_in_run
+                         else "no rates (restarted or counters reset during the check)")
+        inst.values.update(gauges(sample))
+
+    state_note = _save(store, samples, names, previous_document=document)
+    return evaluate(args, chosen, host_cpus, sampler.used_mode, store.notes + state_note)
+
+
+def _instance(libvirt, names, uuid, dom, sample):
+    try:
+        nova = names.nova(uuid, dom)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None                      # vanished between listing and naming
+        nova = None
+    return Instance(uuid, sample.name, sample.state_name, nova, (nova.vcpus if nova else None)
+                    or sample.vcpus, note=f"not measured: {sample.error}" if sample.error else None)
+
+
+def _save(store, samples, names, previous_document):
+    """Store this run's samples and names; merge with what concurrent runs stored meanwhile."""
+    def change(current):
+        if current.get("version") != STATE_VERSION or current.get("boot") != boot_id():
+            current = {"version": STATE_VERSION, "boot": boot_id(), "samples": {}, "names": {}}
+        stored = current.get("samples") or {}
+        result = {}
+        for uuid, sample in samples.items():
+            theirs = stored.get(uuid)
+            if sample.counters and not (isinstance(theirs, dict) and theirs.get("t", 0) > sample.time
+                                        and theirs.get("id") == sample.id):
+                result[uuid] = to_state(sample)
+            elif isinstance(theirs, dict):
+                result[uuid] = theirs
+        known = current.get("names") or {}
+        current["samples"] = result
+        current["names"] = {uuid: names.entries.get(uuid) or known.get(uuid)
+                            for uuid in samples if names.entries.get(uuid) or known.get(uuid)}
+        return current
+    try:
+        store.update(change)
+    except StateError as exc:
+        return [str(exc)]
+    return []
+
+
+# ---------------------------------------------------------------- judging and telling
+
+def _human(metric, value):
+    kind = METRICS[metric].kind
+    if kind == "percent":
+        return f"{value:.0f}%" if value >= 10 else f"{value:.1f}%"
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1, "")):
+        if abs(value) >= factor or factor == 1:
+            number = value / factor
+            text = f"{number:.0f}" if number >= 100 or number == int(number) else f"{number:.3g}"
+            return f"{text} {prefix}B/s" if kind == "bytes" else f"{text}{prefix}/s"
+
+
+def _violation(metric, value, rng):
+    if rng.invert:
+        return f"{_human(metric, value)} inside {_human(metric, rng.start)}..{_human(metric, rng.end)}"
+    if value > rng.end:
+        return f"{_human(metric, value)} > {_human(metric, rng.end)}"
+    return f"{_human(metric, value)} < {_human(metric, rng.start)}"
+
+
+def _judge(values, warning, critical):
+    problems = []
+    for metric, value in values.items():
+        state = state_of(value, warning.get(metric), critical.get(metric))
+        if state:
+            limit = critical[metric] if state == plugin.CRITICAL else warning[metric]
+            problems.append((state, f"{METRICS[metric].text} {_violation(metric, value, limit)}"))
+    return problems
+
+
+def evaluate(args, instances, host_cpus, mode, notes):
+    warning, critical = dict(args.warning), dict(args.critical)
+    state_warn = {s for group in args.state_warning for s in group}
+    state_crit = {s for group in args.state_critical for s in group}
+    for inst in instances:
+        inst.problems = _judge(inst.values, warning, critical)
+        if inst.state in state_crit:
+            inst.problems.insert(0, (plugin.CRITICAL, f"state {STATE_WORDS.get(inst.state, inst.state)}"))
+        elif inst.state in state_warn:
+            inst.problems.insert(0, (plugin.WARNING, f"state {STATE_WORDS.get(inst.state, inst.state)}"))
+        inst.problems.sort(key=lambda p: -p[0])
+    instance_labels(instances)
+
+    totals = {}
+    for metric in METRICS:
+        values = [i.values[metric] * (i.vcpus or 1) if metric == "cpu" else i.values[metric]
+                  for i in instances if metric in i.values]
+        if values and metric != "memory":
+            totals[metric] = sum(values) / host_cpus if metric == "cpu" and host_cpus else sum(values)
+    total_problems = _judge(totals, dict(args.total_warning), dict(args.total_critical))
+
+    offenders = sorted((i for i in instances if i.problems), key=lambda i: (-i.worst, i.name, i.uuid))
+    unmeasured = [i for i in instances if i.note and i.note.startswith(("not measured", "vanished"))]
+    measured = [i for i in instances if i.values]
+    overall = max([i.worst for i in offenders] + [s for s, _ in total_problems], default=plugin.OK)
+    if instances and len(unmeasured) == len(instances) and overall == plugin.OK:
+        overall = plugin.UNKNOWN
+
+    summary = _summary(instances, offenders, total_problems, totals, unmeasured, measured)
+    if notes:
+        summary += " (" + "; ".join(notes) + ")"
+    ordered = offenders + sorted((i for i in instances if not i.problems),
+                                 key=lambda i: (i.state != "running", i.name, i.uuid))
+    long_output = [_line(i) for i in ordered[:args.top]]
+    if len(ordered) > args.top:
+        long_output.append(f"... and {len(ordered) - args.top} more instances (--top {args.top})")
+    if args.verbose:
+        long_output.append(f"stats: {mode} path, {len(instances)} selected, host CPUs {host_cpus}")
+    report = plugin.Report(overall, summary, long_output,
+                           _perfdata(args.perfdata, instances, totals, warning, critical, args))
+    return _bounded(report, args, instances, totals, warning, critical)
+
+
+def _summary(instances, offenders, total_problems, totals, unmeasured, measured):
+    if not instances:
+        return "no instances match the selection"
+    parts = []
+    if offenders:
+        shown = "; ".join(f"{i.title} " + ", ".join(text for _, text in i.problems)
+                          for i in offenders[:3])
+        more = f"; and {len(offenders) - 3} more" if len(offenders) > 3 else ""
+        parts.append(f"{len(offenders)} of {len(instances)} instances over limits: {shown}{more}")
+    if total_problems:
+        parts.append("host total " + ", ".join(text for _, text in total_problems))
+    if not parts:
+        states = {}
+        for inst in instances:
+            states[inst.state] = states.get(inst.state, 0) + 1
+        by_state = ", ".join(f"{n} {STATE_WORDS.get(s, s)}" for s, n in sorted(states.items()))
+        parts.append(f"{len(instances)} instances within limits ({by_state})")
+        if totals:
+            shown = [m for m in ("cpu", "disk_read_bytes", "disk_write_bytes", "net_rx_bytes",
+                                 "net_tx_bytes") if m in totals]
+            parts.append("total " + ", ".join(f"{METRICS[m].text} {_human(m, totals[m])}" for m in shown))
+        elif not measured and any(i.note for i in instances):
+            parts.append("collecting baseline, rates from the next run")
+    if unmeasured:
+        parts.append(f"{len(unmeasured)} not measured: " + ", ".join(
+            f"{i.title} {i.note}" for i in unmeasured[:3]))
+    return "; ".join(parts)
+
+
+def _line(inst):
+    state = plugin.STATE_NAMES[inst.worst]
+    where = f"[{inst.domain} {inst.uuid}, {STATE_WORDS.get(inst.state, inst.state)}]"
+    if inst.problems:
+        detail = ", ".join(text for _, text in inst.problems)
+    elif inst.values:
+        detail = ", ".join(f"{METRICS[m].text} {_human(m, inst.values[m])}" for m in METRICS
+                           if m in inst.values)
+    else:
+        detail = inst.note or ("not running" if inst.state not in ("running", "blocked") else "no rates")
+    return f"{state}: {inst.title} {where}: {detail}"
+
+
+def _perfdata(mode, instances, totals, warning, critical, args):
+    tokens = []
+    per_instance = {"all": instances, "offenders": [i for i in instances if i.problems]}.get(mode, [])
+    for inst in sorted(per_instance, key=lambda i: i.label):
+        for metric in METRICS:
+            if metric in inst.values:
+                tokens.append(_token(f"{inst.label}.{metric}", metric, inst.values[metric],
+                                     warning.get(metric), critical.get(metric)))
+    if mode != "none":
+        for metric in METRICS:
+            if metric in totals:
+                tokens.append(_token(f"total.{metric}", metric, totals[metric],
+                                     dict(args.total_warning).get(metric),
+                                     dict(args.total_critical).get(metric)))
+        tokens.append(token("instances", len(instances), "", None, None, 0))
+        for state in (plugin.WARNING, plugin.CRITICAL):
+            count = sum(1 for i in instances if i.worst == state)
+            tokens.append(token(f"instances_{plugin.STATE_NAMES[state].lower()}", count, "", None, None, 0))
+    return tokens
+
+
+def _token(name, metric, value, warning, critical):
+    spec = METRICS[metric]
+    return token(name, round(value, 2 if spec.kind == "percent" else 1), spec.unit, warning, critical,
+                 0, 100 if spec.kind == "percent" else None)
+
+
+def _bounded(report, args, instances, totals, warning, critical):
+    """Keep the output under --max-output: first drop per-instance perfdata of instances within
+    limits, then per-instance perfdata altogether, then long output lines."""
+    def size():
+        return len(plugin.render(NAME, report).encode("utf-8"))
+    if size() <= args.max_output:
+        return report
+    for mode in ("offenders", "totals"):
+        if args.perfdata in ("all", "offenders") and mode != args.perfdata:
+            report.perfdata = _perfdata(mode, instances, totals, warning, critical, args)
+            note = f"(perfdata cut to {mode} to stay under {args.max_output} bytes)"
+            if size() + len(note) < args.max_output:
+                report.long_output.append(note)
+                return report
+    while report.long_output and size() > args.max_output:
+        report.long_output.pop()
+    return report
+
+
+def timeout_message(args):
+    uri = args.connect or default_uri()
+    return f"{uri}: no answer from libvirtd within {args.timeout:g} s, instances not measured"
+
+
+def main(argv=None):
+    plugin.main(NAME, build_parser(), measure, argv, timeout_state=plugin.UNKNOWN,
+                timeout_message=timeout_message)

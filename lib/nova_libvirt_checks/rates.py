@@ -1,0 +1,74 @@
+"""Per-second rates from two counter samples, and the metrics a check can put limits on.
+
+A rate needs two samples of the same run of the same domain: when the domain was restarted
+in between (its libvirt id changed), or a counter went backwards (re-created, migrated back,
+a device unplugged and another plugged under the same name), there is no rate for it this
+time: never a negative rate, never a spike made of a whole counter's value.
+"""
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    unit: str          # perfdata UOM
+    text: str          # for people
+    kind: str          # "bytes" (B/s), "count" (/s) or "percent"
+    device: str = ""   # "disk" or "net": summed over the domain's devices of that kind
+    fields: tuple = ()
+
+
+METRICS = {m.name: m for m in (
+    Metric("cpu", "%", "CPU", "percent"),
+    Metric("memory", "%", "memory", "percent"),
+    Metric("disk_read_bytes", "B", "disk read", "bytes", "disk", ("rd_bytes",)),
+    Metric("disk_write_bytes", "B", "disk write", "bytes", "disk", ("wr_bytes",)),
+    Metric("disk_read_ops", "", "disk read ops", "count", "disk", ("rd_ops",)),
+    Metric("disk_write_ops", "", "disk write ops", "count", "disk", ("wr_ops",)),
+    Metric("net_rx_bytes", "B", "net rx", "bytes", "net", ("rx_bytes",)),
+    Metric("net_tx_bytes", "B", "net tx", "bytes", "net", ("tx_bytes",)),
+    Metric("net_rx_packets", "", "net rx packets", "count", "net", ("rx_packets",)),
+    Metric("net_tx_packets", "", "net tx packets", "count", "net", ("tx_packets",)),
+    Metric("net_errors", "", "net errors", "count", "net", ("rx_errors", "tx_errors")),
+    Metric("net_drops", "", "net drops", "count", "net", ("rx_drops", "tx_drops")),
+)}
+
+
+def to_state(sample):
+    """What a later run needs of a sample."""
+    return {"t": sample.time, "id": sample.id, "c": sample.counters}
+
+
+def rates(previous, sample, vcpus):
+    """{metric: value per second (cpu in % of the vCPUs)} between a stored sample (to_state)
+    and a new one; {} when the two do not belong to the same run of the domain."""
+    if not previous or previous.get("id") != sample.id:
+        return {}
+    elapsed = sample.time - previous.get("t", sample.time)
+    if elapsed <= 0:
+        return {}
+    old = previous.get("c") or {}
+    deltas = {}
+    for key, value in sample.counters.items():
+        before = old.get(key)
+        if isinstance(before, int) and value >= before:
+            deltas[key] = value - before
+    result = {}
+    if "cpu" in deltas and vcpus:
+        result["cpu"] = deltas["cpu"] / (elapsed * 1e9 * vcpus) * 100
+    for metric in METRICS.values():
+        if not metric.device:
+            continue
+        values = [delta for key, delta in deltas.items()
+                  if key.startswith(metric.device + ":") and key.rsplit(":", 1)[1] in metric.fields]
+        if values:
+            result[metric.name] = sum(values) / elapsed
+    return result
+
+
+def gauges(sample):
+    """The metrics that need no previous sample."""
+    total = sample.gauges.get("memory_kib")
+    if total:
+        return {"memory": sample.gauges["memory_used_kib"] / total * 100}
+    return {}

@@ -1,0 +1,114 @@
+"""Thresholds: Nagios ranges (`10`, `10:`, `~:10`, `10:20`, `@10:20`) with unit suffixes.
+
+The range semantics are nagiosplugin's Range: a value outside the range raises the alert,
+`@` inverts. We only add units, so that `-w disk_write_bytes=50M` or `-w 500ms` reads as the
+operator means it, and strict validation: anything that does not parse is an error naming
+the text, never a silently ignored threshold.
+"""
+import argparse
+import re
+
+import nagiosplugin
+
+# Decimal prefixes as the Monitoring Plugins and `iostat` use them; binary ones for memory.
+SIZE_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+              "k": 10**3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
+TIME_UNITS = {"": 1, "s": 1, "ms": 10**-3, "us": 10**-6, "m": 60, "min": 60, "h": 3600}
+PLAIN_UNITS = {"": 1, "%": 1}
+
+_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
+
+
+def _atom_pattern(units):
+    names = sorted((re.escape(u) for u in units if u), key=len, reverse=True)
+    unit = "(?:" + "|".join(names) + ")" if names else "(?!)"
+    # sizes may carry a trailing B (50MB, 2GiB) and rates a trailing /s
+    return re.compile(rf"({_NUMBER})({unit})?(?:B)?(?:/s)?")
+
+
+def _parse_atom(text, units, pattern):
+    match = pattern.fullmatch(text)
+    if not match:
+        raise ValueError(text)
+    value = float(match.group(1)) * units[match.group(2) or ""]
+    return int(value) if value == int(value) and abs(value) < 2**63 else value
+
+
+def parse_range(text, units=SIZE_UNITS):
+    """`text` as a nagiosplugin Range, unit suffixes resolved; ValueError if it is not one."""
+    pattern = _atom_pattern(units)
+    body = text.strip()
+    invert = body.startswith("@")
+    body = body[1:] if invert else body
+    if ":" in body:
+        start_text, end_text = body.split(":", 1)
+        start = "~" if start_text == "~" else format_number(_parse_atom(start_text or "0", units, pattern))
+        end = format_number(_parse_atom(end_text, units, pattern)) if end_text else ""
+        spec = f"{start}:{end}"
+    else:
+        spec = format_number(_parse_atom(body, units, pattern))
+    return nagiosplugin.Range(("@" if invert else "") + spec)
+
+
+def format_number(value):
+    """A number as perfdata wants it: no exponent, no trailing zeros, at most 6 decimals."""
+    if isinstance(value, bool):
+        value = int(value)
+    if isinstance(value, int):
+        return str(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"not a finite number: {value}")
+    if value == int(value) and abs(value) < 2**63:
+        return str(int(value))
+    text = f"{value:.6f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def format_range(rng):
+    """A Range in the perfdata threshold syntax (nagiosplugin's str() may use exponents)."""
+    if rng is None:
+        return ""
+    parts = ["@"] if rng.invert else []
+    if rng.start == float("-inf"):
+        parts.append("~:")
+    elif rng.start != 0:
+        parts.append(format_number(rng.start) + ":")
+    if rng.end != float("inf"):
+        parts.append(format_number(rng.end))
+    return "".join(parts)
+
+
+def range_type(units=SIZE_UNITS):
+    """An argparse type for one range."""
+    def convert(text):
+        try:
+            return parse_range(text, units)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a valid range: {text!r}") from None
+    return convert
+
+
+def named_range_type(names, units_of):
+    """An argparse type for `NAME=RANGE`; `names` the allowed names, `units_of(name)` their units."""
+    def convert(text):
+        name, sep, spec = text.partition("=")
+        name = name.strip()
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected NAME=RANGE: {text!r}")
+        if name not in names:
+            raise argparse.ArgumentTypeError(
+                f"unknown name {name!r} in {text!r} (one of: {', '.join(sorted(names))})")
+        try:
+            return name, parse_range(spec, units_of(name))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a valid range: {text!r}") from None
+    return convert
+
+
+def state_of(value, warning=None, critical=None):
+    """0/1/2 for a value against optional warning and critical ranges (critical wins)."""
+    if critical is not None and not critical.match(value):
+        return 2
+    if warning is not None and not warning.match(value):
+        return 1
+    return 0
