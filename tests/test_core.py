@@ -1,0 +1,241 @@
+"""Unit tests of the shared core: ranges and units, labels, output, the deadline, errors."""
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from nova_libvirt_checks import perfdata, plugin, thresholds
+from nova_libvirt_checks.state import StateFile, file_for, private_dir
+from tests.checkrun import PERFDATA_TOKEN, ROOT
+
+
+# ---------------------------------------------------------------- ranges and units
+
+@pytest.mark.parametrize("text, inside, outside", [
+    ("10", [0, 10], [-1, 10.5]),
+    ("10:", [10, 1e12], [9.99]),
+    ("~:10", [-1e9, 10], [10.01]),
+    ("10:20", [10, 15, 20], [9, 21]),
+    ("@10:20", [9, 21], [10, 15, 20]),
+    ("50M", [50_000_000], [50_000_001]),
+    ("1Ki:2Mi", [1024, 2 * 2**20], [1023, 2 * 2**20 + 1]),
+    ("1.5G", [1.5e9], [1.5e9 + 1]),
+    ("100MB/s", [1e8], [1e8 + 1]),
+])
+def test_ranges_with_units(text, inside, outside):
+    rng = thresholds.parse_range(text)
+    for value in inside:
+        assert rng.match(value), (text, value)
+    for value in outside:
+        assert not rng.match(value), (text, value)
+
+
+def test_time_units():
+    assert thresholds.parse_range("500ms", thresholds.TIME_UNITS).end == 0.5
+    assert thresholds.parse_range("2m", thresholds.TIME_UNITS).end == 120
+
+
+@pytest.mark.parametrize("text", ["", "x", "10:5", "1:2:3", "@", "1e5", "--1", "10 20", "nan",
+                                  "inf", "5X", "10%%", "M"])
+def test_invalid_ranges_are_rejected(text):
+    with pytest.raises(ValueError):
+        thresholds.parse_range(text)
+
+
+@given(st.text(max_size=20))
+def test_any_text_parses_or_raises_valueerror(text):
+    try:
+        rng = thresholds.parse_range(text)
+    except ValueError:
+        return
+    assert rng.start <= rng.end
+    # what parsed prints back as a valid perfdata threshold
+    assert re.fullmatch(r"@?(?:(?:~|-?\d+(?:\.\d+)?)?:)?(?:-?\d+(?:\.\d+)?)?", thresholds.format_range(rng))
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False, min_value=-1e15, max_value=1e15))
+def test_numbers_never_use_exponents(value):
+    text = thresholds.format_number(value)
+    assert re.fullmatch(r"-?\d+(\.\d{1,6})?", text), text
+
+
+def test_state_of():
+    warn, crit = thresholds.parse_range("10"), thresholds.parse_range("20")
+    assert thresholds.state_of(5, warn, crit) == 0
+    assert thresholds.state_of(15, warn, crit) == 1
+    assert thresholds.state_of(25, warn, crit) == 2
+    assert thresholds.state_of(25) == 0
+
+
+# ---------------------------------------------------------------- perfdata labels
+
+LABEL = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+@given(st.text())
+def test_any_name_gives_a_valid_stable_label(name):
+    made = perfdata.label(name)
+    assert LABEL.fullmatch(made)
+    assert perfdata.label(name) == made
+    assert PERFDATA_TOKEN.fullmatch(perfdata.token(made, 1.5, "B", None, None, 0))
+
+
+@given(st.lists(st.text(), unique=True, max_size=30))
+def test_labels_of_distinct_names_are_distinct_and_order_independent(names):
+    labels = perfdata.Labels(names)
+    made = [labels[n] for n in names]
+    assert len(set(made)) == len(names)
+    again = perfdata.Labels(list(reversed(names)))
+    assert [again[n] for n in names] == made
+
+
+def test_names_that_fold_alike_get_different_labels():
+    names = ["web 01", "web_01", "web/01", "web=01", "web'01", "wéb 01", "web\n01"]
+    assert len({perfdata.label(n) for n in names}) == len(names)
+    assert perfdata.label("web_01") == "web_01"
+
+
+def test_perfdata_token_format():
+    warn = thresholds.parse_range("10")
+    crit = thresholds.parse_range("@1Ki:2Ki")
+    assert perfdata.token("a", 1.25, "s", warn, crit, 0) == "a=1.25s;10;@1024:2048;0"
+    assert perfdata.token("b", 3) == "b=3"
+    assert perfdata.token("c", 1e-7, "", None, None, 0, 100) == "c=0;;;0;100"
+
+
+# ---------------------------------------------------------------- plugin output
+
+@given(st.text())
+def test_plain_text_cannot_break_the_output(text):
+    safe = plugin.plain(text)
+    assert "|" not in safe and "\n" not in safe and "\r" not in safe
+    rendered = plugin.render("X", plugin.Report(0, safe, [safe]))
+    assert rendered.count("\n") == 2
+
+
+def test_render_status_perfdata_and_long_output():
+    report = plugin.Report(1, "disk | full\nforged=1", ["line\nwith newline"], ["a=1"])
+    out = plugin.render("CHECK", report)
+    first, second = out.splitlines()
+    assert first == "CHECK WARNING - disk \u00a6 full?forged=1 | a=1"
+    assert second == "line?with newline"
+
+
+# ---------------------------------------------------------------- the deadline and errors
+
+def _run(code, *args, timeout=30):
+    """Run a tiny program using plugin.main in a subprocess."""
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "lib"))
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+HANG = """
+import socket, sys, time
+from nova_libvirt_checks import plugin
+def measure(args):
+    # blocked in C (a recv that never returns), like libvirt on a daemon that never answers
+    a, b = socket.socketpair()
+    a.recv(1)
+parser = plugin.ArgumentParser("check_x", "test")
+plugin.main("X", parser, measure, timeout_state=plugin.CRITICAL,
+            timeout_message=lambda args: f"no answer within {args.timeout:g} s")
+"""
+
+
+def test_deadline_fires_while_blocked_in_a_c_call():
+    import time
+    started = time.monotonic()
+    proc = _run(HANG, "-t", "1")
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 2, proc
+    assert proc.stdout == "X CRITICAL - no answer within 1 s\n"
+    assert elapsed < 1 + 1.0
+
+
+BROKEN = """
+from nova_libvirt_checks import plugin
+def measure(args):
+    raise KeyError("boom")
+plugin.main("X", plugin.ArgumentParser("check_x", "test"), measure)
+"""
+
+
+def test_internal_error_is_one_unknown_line_without_traceback():
+    proc = _run(BROKEN)
+    assert proc.returncode == 3
+    assert proc.stdout == "X UNKNOWN - internal error: KeyError: 'boom'\n"
+    proc = _run(BROKEN, "-vvv")
+    assert proc.returncode == 3
+    assert "Traceback" in proc.stdout and proc.stdout.startswith("X UNKNOWN - internal error")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["-t", "0"], "-t/--timeout"), (["-t", "abc"], "-t/--timeout"), (["--bogus"], "--bogus"),
+    (["-t"], "-t/--timeout"), (["extra"], "extra"),
+])
+def test_bad_arguments_end_as_unknown_naming_the_argument(args, needle):
+    proc = _run(BROKEN, *args)
+    assert proc.returncode == 3
+    assert proc.stdout.startswith("X UNKNOWN - invalid argument: ")
+    assert needle in proc.stdout and proc.stdout.count("\n") == 1
+    assert proc.stderr == ""
+
+
+def test_help_and_version_exit_3():
+    help_ = _run(BROKEN, "-h")
+    assert help_.returncode == 3 and "usage: check_x" in help_.stdout
+    version = _run(BROKEN, "-V")
+    assert version.returncode == 3 and re.fullmatch(r"check_x \(nova-libvirt-checks\) \S+\n", version.stdout)
+
+
+# ---------------------------------------------------------------- state files
+
+def test_state_dir_is_private_and_symlinks_are_refused(tmp_path):
+    path = private_dir(str(tmp_path / "state"))
+    assert os.stat(path).st_mode & 0o777 == 0o700
+    os.symlink(path, tmp_path / "link")
+    with pytest.raises(Exception, match="symlink"):
+        private_dir(str(tmp_path / "link"))
+
+
+def test_state_file_roundtrip_mode_and_garbage(tmp_path):
+    store = StateFile(file_for("x", "uri", str(tmp_path / "s")))
+    assert store.load() == {}
+    store.update(lambda doc: dict(doc, a=1))
+    assert store.load() == {"a": 1}
+    assert os.stat(store.path).st_mode & 0o777 == 0o600
+    with open(store.path, "w") as handle:
+        handle.write("{not json")
+    fresh = StateFile(store.path)
+    assert fresh.load() == {} and "starting afresh" in fresh.notes[0]
+    fresh.update(lambda doc: dict(doc, b=2))
+    assert json.load(open(store.path)) == {"b": 2}
+
+
+def test_state_file_symlink_is_not_followed(tmp_path):
+    target = tmp_path / "elsewhere.json"
+    target.write_text('{"secret": 1}')
+    store = StateFile(file_for("x", "uri", str(tmp_path / "s")))
+    os.makedirs(os.path.dirname(store.path), exist_ok=True)
+    os.symlink(target, store.path)
+    assert store.load() == {} and "symlink" in store.notes[0]
+
+
+def test_concurrent_updates_are_merged(tmp_path):
+    path = file_for("x", "uri", str(tmp_path / "s"))
+
+    def add(key):
+        StateFile(path, lock_wait=10).update(lambda doc: dict(doc, **{key: True}))
+    workers = [threading.Thread(target=add, args=(f"k{i}",)) for i in range(20)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert StateFile(path).load() == {f"k{i}": True for i in range(20)}

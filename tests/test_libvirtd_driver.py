@@ -1,0 +1,128 @@
+"""check_libvirtd against libvirt's test driver and against sockets that misbehave.
+
+No daemon is needed here: the test driver runs inside the client library, and the fault
+cases use Unix sockets this test makes itself (missing, refused, accepts but never answers).
+"""
+import os
+import socket
+import threading
+
+import pytest
+
+from tests.checkrun import NODE_URI, assert_plugin_output, run_check
+
+
+def test_default_test_driver_is_ok_with_versions_and_counts():
+    result = run_check("check_libvirtd", "-U", "test:///default")
+    assert_plugin_output(result, 0)
+    assert "test:///default answered in" in result.text
+    assert "libvirt " in result.text and "1 domains (1 running)" in result.text
+    values = result.values()
+    assert values["domains"] == 1 and values["domains_running"] == 1
+    assert set(result.perfdata) == {"time", "domains", "domains_nostate", "domains_running",
+                                    "domains_blocked", "domains_paused", "domains_shutdown",
+                                    "domains_shutoff", "domains_crashed", "domains_pmsuspended"}
+    assert result.perfdata["time"].endswith("s;;;0")
+
+
+def test_uri_from_environment():
+    result = run_check("check_libvirtd", env={"LIBVIRT_DEFAULT_URI": NODE_URI})
+    assert_plugin_output(result, 0)
+    assert "9 domains (7 running, 1 paused, 1 shut off)" in result.text
+
+
+def test_domain_state_thresholds():
+    result = run_check("check_libvirtd", "-U", NODE_URI, "--domains-warning", "paused=0",
+                       "--domains-critical", "crashed=0")
+    assert_plugin_output(result, 1)
+    assert "1 paused domains" in result.text
+    assert result.perfdata["domains_paused"] == "domains_paused=1;0;;0"
+    assert result.perfdata["domains_crashed"] == "domains_crashed=0;;0;0"
+    critical = run_check("check_libvirtd", "-U", NODE_URI, "--domains-critical", "running=8:")
+    assert_plugin_output(critical, 2)
+    assert "7 running domains" in critical.text
+
+
+def test_response_time_thresholds():
+    result = run_check("check_libvirtd", "-U", "test:///default", "-w", "0", "-c", "10s")
+    assert_plugin_output(result, 1)
+    assert "response time" in result.text
+    assert result.perfdata["time"].endswith("s;0;10;0")
+    assert run_check("check_libvirtd", "-U", "test:///default", "-w", "5", "-c", "500ms").returncode == 0
+
+
+@pytest.mark.parametrize("args, option", [
+    (["-w", "fast"], "-w/--warning"), (["-c", "1:0"], "-c/--critical"),
+    (["--domains-warning", "zombie=1"], "--domains-warning"),
+    (["--domains-critical", "crashed"], "--domains-critical"), (["-t", "-1"], "-t/--timeout"),
+])
+def test_invalid_arguments_are_unknown_naming_the_option(args, option):
+    result = run_check("check_libvirtd", "-U", "test:///default", *args)
+    assert_plugin_output(result, 3)
+    assert "invalid argument" in result.text and option in result.text
+    assert len(result.lines) == 1
+
+
+def test_missing_socket_is_critical_at_once(tmp_path):
+    uri = f"qemu+unix:///system?socket={tmp_path}/no-such-sock"
+    result = run_check("check_libvirtd", "-U", uri)
+    assert_plugin_output(result, 2)
+    assert "socket missing, libvirtd is not running" in result.text
+    assert len(result.lines) == 1 and result.elapsed < 2
+
+
+def test_stale_socket_is_critical(tmp_path):
+    path = str(tmp_path / "stale-sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.close()            # the file stays, nobody listens: ECONNREFUSED
+    result = run_check("check_libvirtd", "-U", f"qemu+unix:///system?socket={path}")
+    assert_plugin_output(result, 2)
+    assert "connection refused" in result.text and result.elapsed < 2
+
+
+@pytest.fixture
+def mute_socket(tmp_path):
+    """A Unix socket that accepts connections and never says a word."""
+    path = str(tmp_path / "mute-sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(16)
+    held = []
+    stop = threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                pass
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield path
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+def test_hung_daemon_is_critical_within_the_timeout(mute_socket):
+    result = run_check("check_libvirtd", "-U", f"qemu+unix:///system?socket={mute_socket}", "-t", "2")
+    assert_plugin_output(result, 2)
+    assert result.text == (f"LIBVIRTD CRITICAL - qemu+unix:///system?socket={mute_socket}: "
+                           "libvirtd did not answer within 2 s (hung daemon?)")
+    assert result.elapsed < 2 + 1
+
+
+def test_unknown_uri_is_unknown():
+    result = run_check("check_libvirtd", "-U", "nosuchdriver:///x")
+    assert_plugin_output(result, 3)
+    assert "cannot use nosuchdriver:///x" in result.text
+
+
+def test_no_traceback_even_at_high_verbosity_for_expected_failures(tmp_path):
+    result = run_check("check_libvirtd", "-vv", "-U", f"qemu+unix:///system?socket={tmp_path}/x")
+    assert_plugin_output(result, 2)
+    assert len(result.lines) == 1
