@@ -62,6 +62,7 @@ sandbox-stop:
 install: apt-build
 	test -x $(PREFIX)/bin/python || $(PYTHON_SYS) -m venv $(PREFIX)
 	$(PREFIX)/bin/pip install -q --disable-pip-version-check -c constraints.txt '.[clouds]'
+	$(PREFIX)/bin/pip install -q --disable-pip-version-check --no-deps --force-reinstall .
 	chmod -R a+rX $(PREFIX)
 	mkdir -p $(PLUGINDIR)
 	for check in check_libvirtd check_libvirt_instances check_nova_hypervisors; do \
