@@ -34,19 +34,23 @@ def libvirt_module():
     return libvirt
 
 
-def open_connection(uri, read_only=True):
-    """An open virConnect, or CheckError with the state and words an operator needs."""
+def open_connection(uri, read_only=True, unreachable=CRITICAL):
+    """An open virConnect, or CheckError with the state and words an operator needs.
+
+    `unreachable` is the state when the daemon is not serving: CRITICAL for check_libvirtd,
+    whose question that is; UNKNOWN for checks that then simply cannot measure.
+    """
     libvirt = libvirt_module()
     try:
         return libvirt.openReadOnly(uri) if read_only else libvirt.open(uri)
     except libvirt.libvirtError as exc:
-        raise connect_error(exc, uri) from None
+        raise connect_error(exc, uri, unreachable) from None
 
 
-def connect_error(exc, uri):
+def connect_error(exc, uri, unreachable=CRITICAL):
     """Map a libvirtError raised while connecting to CheckError.
 
-    Unreachable (no socket, refused, no route) is CRITICAL: the daemon is not serving.
+    Unreachable (no socket, refused, no route) is `unreachable`: the daemon is not serving.
     Refused access (permissions, authentication, polkit) is UNKNOWN: the daemon may be fine,
     we just cannot tell. A URI no driver understands is UNKNOWN too: a configuration error.
     """
@@ -68,7 +72,7 @@ def connect_error(exc, uri):
         reason = "connection refused, libvirtd is not running (stale socket)"
     else:
         reason = "libvirtd is not answering"
-    return CheckError(f"{uri}: {reason} ({message})", CRITICAL)
+    return CheckError(f"{uri}: {reason} ({message})", unreachable)
 
 
 def call_error(exc, what, state=CRITICAL):

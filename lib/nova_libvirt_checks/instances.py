@@ -245,7 +245,7 @@ def instance_labels(instances):
 def measure(args):
     uri = args.connect or default_uri()
     libvirt = libvirt_module()
-    conn = open_connection(uri, read_only=True)
+    conn = open_connection(uri, read_only=True, unreachable=plugin.UNKNOWN)
     store = StateFile(file_for("instances", uri, args.state_dir))
     document = store.load()
     if document.get("version") != STATE_VERSION or document.get("boot") != boot_id():

@@ -1,0 +1,145 @@
+"""Both libvirt checks against a real libvirtd with two real QEMU guests doing disk and network
+I/O (tests/harness/libvirt): web-01 of tenant acme (Nova metadata 1.1) and db-01 of tenant beta
+(Nova metadata 1.0). Also as the unprivileged nagios user, through the read-only socket."""
+import os
+import socket
+import time
+
+import pytest
+
+from tests.checkrun import assert_plugin_output, run_check
+from tests.fixtures_libvirt import RO_SOCKET, run_as_nagios
+
+
+@pytest.fixture
+def state_dir(tmp_path):
+    return str(tmp_path / "state")
+
+
+def instances(state_dir, *args, **kwargs):
+    return run_check("check_libvirt_instances", "--state-dir", state_dir, *args, **kwargs)
+
+
+def guest_labels(result):
+    return {label.rsplit(".", 1)[0] for label in result.perfdata if "." in label and not label.startswith("total.")}
+
+
+# ---------------------------------------------------------------- check_libvirtd
+
+def test_libvirtd_ok_through_the_read_only_socket(libvirtd):
+    result = run_check("check_libvirtd", "-U", libvirtd.uri, "-w", "2", "-c", "5")
+    assert_plugin_output(result, 0)
+    assert result.text.startswith(f"LIBVIRTD OK - {libvirtd.uri} answered in ")
+    assert "QEMU" in result.text and "libvirt 9." in result.text
+    assert result.values()["domains_running"] >= 2
+
+
+def test_libvirtd_ok_as_the_nagios_user(libvirtd, installed_plugins):
+    proc = run_as_nagios([f"{installed_plugins}/check_libvirtd", "--domains-critical", "crashed=0"])
+    assert proc.returncode == 0, proc
+    assert proc.stdout.startswith("LIBVIRTD OK - qemu:///system answered in ") and proc.stderr == ""
+
+
+def test_read_write_refused_for_nagios_is_unknown_with_a_hint(libvirtd, installed_plugins):
+    proc = run_as_nagios([f"{installed_plugins}/check_libvirtd", "--read-write"])
+    assert proc.returncode == 3, proc
+    assert proc.stdout.count("\n") == 1
+    assert "access to qemu:///system refused" in proc.stdout and "Permission denied" in proc.stdout
+    assert "auth_unix_ro" in proc.stdout and "polkit" in proc.stdout
+
+
+def test_libvirtd_stopped_is_critical_at_once(libvirtd_down):
+    result = run_check("check_libvirtd", "-t", "10")
+    assert_plugin_output(result, 2)
+    assert "socket missing, libvirtd is not running" in result.text
+    assert result.elapsed < 1.5
+
+
+def test_stale_socket_is_critical(libvirtd_down):
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(RO_SOCKET)                # left behind by a crashed daemon: nobody listens
+    sock.close()
+    try:
+        result = run_check("check_libvirtd")
+        assert_plugin_output(result, 2)
+        assert "connection refused, libvirtd is not running (stale socket)" in result.text
+        assert result.elapsed < 1.5
+    finally:
+        os.unlink(RO_SOCKET)
+
+
+# ---------------------------------------------------------------- check_libvirt_instances
+
+def test_real_guests_named_by_nova_name_and_tenant_with_io(libvirtd, state_dir):
+    instances(state_dir, "--interval", "0")
+    time.sleep(3)
+    result = instances(state_dir, "--domain", "^instance-0000000[12]$")
+    assert_plugin_output(result, 0)
+    assert "2 instances within limits (2 running)" in result.text
+    assert "web-01 (acme)" in result.stdout and "db-01 (beta)" in result.stdout
+    values = result.values()
+    for guest in libvirtd.guests:
+        base = f"{guest['nova_name']}_{guest['uuid'].replace('-', '')[:8]}"
+        for metric in ("disk_read_bytes", "disk_write_bytes", "net_rx_bytes", "net_tx_bytes",
+                       "net_rx_packets", "disk_write_ops"):
+            assert values[f"{base}.{metric}"] > 0, (base, metric, result.stdout)
+        assert 0 < values[f"{base}.cpu"] <= 100
+        assert 0 < values.get(f"{base}.memory", 50) < 100
+
+
+def test_threshold_below_the_measured_rate_names_the_instance(libvirtd, state_dir):
+    instances(state_dir, "--interval", "0")
+    time.sleep(3)
+    result = instances(state_dir, "-w", "disk_write_bytes=1K", "-c", "net_tx_bytes=1",
+                       "--name", "^web-01$")
+    assert_plugin_output(result, 2)
+    assert result.text.startswith("INSTANCES CRITICAL - 1 of 1 instances over limits: web-01 (acme) ")
+    assert "net tx" in result.text and "> 1 B/s" in result.text
+    assert "disk write" in result.text and "> 1 kB/s" in result.text
+
+
+def test_both_stats_paths_give_the_same_metrics(libvirtd, state_dir):
+    labels = {}
+    for mode in ("bulk", "per-domain"):
+        instances(state_dir + mode, "--stats-mode", mode, "--interval", "0")
+        time.sleep(2)
+        result = instances(state_dir + mode, "--stats-mode", mode, "--domain", "^instance-0000000[12]$", "-v")
+        assert_plugin_output(result, 0)
+        assert f"stats: {mode} path" in result.stdout
+        labels[mode] = set(result.perfdata)
+    assert labels["bulk"] == labels["per-domain"]
+
+
+def test_restarted_guest_gives_no_negative_rate_or_spike(libvirtd, state_dir):
+    instances(state_dir, "--interval", "0", "--name", "^web-01$")
+    libvirtd.restart_guest("web-01")
+    result = instances(state_dir, "--name", "^web-01$")
+    assert_plugin_output(result, 0)
+    values = result.values()
+    assert all(value >= 0 for value in values.values()), values
+    assert all(value < 50e6 for label, value in values.items() if label.endswith("_bytes")), values
+
+
+def test_rates_go_on_across_a_libvirtd_restart(libvirtd, state_dir):
+    instances(state_dir, "--interval", "0")
+    with libvirtd.daemon_stopped():
+        down = instances(state_dir, "-t", "5")
+        assert_plugin_output(down, 3)
+        assert "socket missing" in down.text
+    result = instances(state_dir, "--interval", "0", "--domain", "^instance-0000000[12]$")
+    assert_plugin_output(result, 0)
+    assert "collecting baseline" not in result.stdout      # the samples from before still count
+    assert all(v >= 0 for v in result.values().values())
+
+
+def test_nagios_user_gets_the_same_results_read_only(libvirtd, installed_plugins, state_dir):
+    args = ["--domain", "^instance-0000000[12]$", "--interval", "1"]
+    proc = run_as_nagios([f"{installed_plugins}/check_libvirt_instances", *args])
+    assert proc.returncode == 0, proc
+    assert proc.stderr == ""
+    root = instances(state_dir, *args)
+    first = proc.stdout.splitlines()[0]
+    assert first.split(";")[0].split(" | ")[0].split(";")[0].startswith("INSTANCES OK - 2 instances within limits")
+    nagios_labels = {token.split("=")[0] for token in first.split(" | ", 1)[1].split()}
+    assert nagios_labels == set(root.perfdata)
+    assert "web-01 (acme)" in proc.stdout and "db-01 (beta)" in proc.stdout
