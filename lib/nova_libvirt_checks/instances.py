@@ -247,55 +247,66 @@ def measure(args):
     libvirt = libvirt_module()
     conn = open_connection(uri, read_only=True, unreachable=plugin.UNKNOWN)
     store = StateFile(file_for("instances", uri, args.state_dir))
-    document = store.load()
-    if document.get("version") != STATE_VERSION or document.get("boot") != boot_id():
-        document = {}
+    memory = _this_boot(store.load())
     now = time.monotonic()
-    names = Names(libvirt, document.get("names"), args.metadata_ttl, now)
+    names = Names(libvirt, memory.get("names"), args.metadata_ttl, now)
     sampler = Sampler(libvirt, conn, args.stats_mode, devices=names.devices)
+
+    def sample():
+        try:
+            return sampler.sample()
+        except libvirt.libvirtError as exc:
+            raise call_error(exc, f"reading domain stats from {uri}", plugin.UNKNOWN) from None
+
+    samples, domains = sample()
     try:
         host_cpus = conn.getInfo()[2]
-        samples, domains = sampler.sample()
-        instances = {uuid: _instance(libvirt, names, uuid, domains[uuid], sample)
-                     for uuid, sample in samples.items()}
+        known = (_instance(libvirt, names, uuid, domains[uuid], s) for uuid, s in samples.items())
+        chosen = [inst for inst in known if inst and selected(args, inst)]
     except libvirt.libvirtError as exc:
-        raise call_error(exc, f"reading domain stats from {uri}", plugin.UNKNOWN) from None
-    chosen = [inst for inst in instances.values() if inst and selected(args, inst)]
+        raise call_error(exc, f"reading domains from {uri}", plugin.UNKNOWN) from None
 
-    previous = {uuid: entry for uuid, entry in (document.get("samples") or {}).items()
+    previous = {uuid: entry for uuid, entry in (memory.get("samples") or {}).items()
                 if isinstance(entry, dict) and 0 <= now - entry.get("t", -1e18) <= args.max_age}
-    waiting = [i for i in chosen if samples[i.uuid].active and not samples[i.uuid].error
-               and not rates(previous.get(i.uuid), samples[i.uuid], 1)]
-    baseline_in_run = waiting and args.interval > 0 and args.interval < args.timeout / 2
+    without_baseline = [i for i in chosen if samples[i.uuid].active and not samples[i.uuid].error
+                        and not rates(previous.get(i.uuid), samples[i.uuid], 1)]
+    baseline_in_run = bool(without_baseline) and 0 < args.interval < args.timeout / 2
     if baseline_in_run:
         first = samples
         time.sleep(args.interval)
-        try:
-            samples, domains = sampler.sample()
-        except libvirt.libvirtError as exc:
-            raise call_error(exc, f"reading domain stats from {uri}", plugin.UNKNOWN) from None
-        for inst in waiting:
-            previous[inst.uuid] = to_state(first[inst.uuid])
+        samples, _ = sample()
+        previous.update((i.uuid, to_state(first[i.uuid])) for i in without_baseline)
 
     for inst in chosen:
-        sample = samples.get(inst.uuid)
-        if sample is None:
-            inst.note = "vanished during the check"
-            continue
-        inst.state = sample.state_name
-        if sample.error:
-            inst.note = f"not measured: {sample.error}"
-            continue
-        if not sample.active:
-            continue
-        inst.values = rates(previous.get(inst.uuid), sample, inst.vcpus or sample.vcpus)
-        if not inst.values:
-            inst.note = ("collecting baseline, rates from the next run" if not baseline_in_run
-                         else "no rates (restarted or counters reset during the check)")
-        inst.values.update(gauges(sample))
+        _measure(inst, samples.get(inst.uuid), previous.get(inst.uuid), baseline_in_run)
+    notes = store.notes + _save(store, samples, names)
+    return evaluate(args, chosen, host_cpus, sampler.used_mode, notes)
 
-    state_note = _save(store, samples, names, previous_document=document)
-    return evaluate(args, chosen, host_cpus, sampler.used_mode, store.notes + state_note)
+
+def _this_boot(document):
+    """The stored document if it was written in this boot by this version, else nothing:
+    time.monotonic() values of another boot cannot be compared."""
+    if document.get("version") != STATE_VERSION or document.get("boot") != boot_id():
+        return {}
+    return document
+
+
+def _measure(inst, sample, previous, baseline_in_run):
+    """Fill in the instance's rates (and gauges) from its latest sample."""
+    if sample is None:
+        inst.note = "vanished during the check"
+        return
+    inst.state = sample.state_name
+    if sample.error:
+        inst.note = f"not measured: {sample.error}"
+        return
+    if not sample.active:
+        return
+    inst.values = rates(previous, sample, inst.vcpus or sample.vcpus)
+    if not inst.values:
+        inst.note = ("no rates (restarted or counters reset during the check)" if baseline_in_run
+                     else "collecting baseline, rates from the next run")
+    inst.values.update(gauges(sample))
 
 
 def _instance(libvirt, names, uuid, dom, sample):
@@ -309,11 +320,10 @@ def _instance(libvirt, names, uuid, dom, sample):
                     or sample.vcpus, note=f"not measured: {sample.error}" if sample.error else None)
 
 
-def _save(store, samples, names, previous_document):
+def _save(store, samples, names):
     """Store this run's samples and names; merge with what concurrent runs stored meanwhile."""
     def change(current):
-        if current.get("version") != STATE_VERSION or current.get("boot") != boot_id():
-            current = {"version": STATE_VERSION, "boot": boot_id(), "samples": {}, "names": {}}
+        current = _this_boot(current) or {"version": STATE_VERSION, "boot": boot_id()}
         stored = current.get("samples") or {}
         result = {}
         for uuid, sample in samples.items():
