@@ -1,0 +1,350 @@
+"""pytest plugin: the project's real local OpenStack cloud (tests/harness/cloud).
+
+Session fixture ``cloud`` runs ``tests/harness/cloud/start`` (a no-op of ~1 s when the cloud is
+already up and healthy, ~45-60 s from scratch with the cloud venv kept, well under 4 min on a
+fresh machine) and returns a :class:`Cloud`.  The cloud is left running after the session (set
+NLC_CLOUD_STOP_AT_END=1 to stop it).  Function fixture ``mutable_cloud`` is the same object, and
+after the test puts every compute service back to enabled / not forced down and restarts any
+stopped API service, so tests that change cloud state can run in any order.
+
+Token counting: keystone runs behind tests/harness/cloud/keystone_wsgi.py, which writes one JSON
+line per POST /v3/auth/tokens (status, auth methods, user, project) to log/keystone-tokens.log;
+``Cloud.token_requests(user=NAME)`` counts issued tokens (HTTP 201) for one user.  The cloud is
+shared (service users log in in the background; on a dev machine other people's tests and checks
+use admin too), so a test that counts tokens should use its own user: function fixture
+``keystone_user`` makes a fresh admin user (``.env`` = OS_* variables, ``.name``, ``.password``,
+``.app_credential()``) and deletes it afterwards.
+"""
+import contextlib
+import json
+import os
+import subprocess
+import time
+import uuid
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HARNESS = os.path.join(ROOT, "tests", "harness", "cloud")
+START = os.path.join(HARNESS, "start")
+STOP = os.path.join(HARNESS, "stop")
+SERVICE = os.path.join(HARNESS, "service")
+RESTARTABLE = ("keystone", "placement", "nova-api", "image-stub", "nova-conductor", "nova-scheduler")
+COMPUTE_MV = "2.53"     # os-services by UUID, forced_down and disabled_reason in one PUT
+
+
+def _tail(text, lines=40):
+    return "\n".join((text or "").rstrip().splitlines()[-lines:])
+
+
+def cloud_dir():
+    """$NLC_CLOUD_DIR as the harness resolves it (cloud.env holds the default)."""
+    out = subprocess.run(["bash", "-c", '. "$1/cloud.env" && printf %s "$NLC_CLOUD_DIR"', "_", HARNESS],
+                         capture_output=True, text=True, check=True)
+    return out.stdout
+
+
+class CloudError(RuntimeError):
+    pass
+
+
+class Cloud:
+    """The running test cloud, described by $NLC_CLOUD_DIR/cloud.json (written by start)."""
+
+    def __init__(self, directory):
+        self.dir = directory
+        with open(os.path.join(directory, "cloud.json")) as f:
+            self.expected = json.load(f)
+        e = self.expected
+        self.env = dict(e["openrc"])                    # OS_* variables (admin, password auth)
+        self.keystone_url = e["urls"]["keystone"]
+        self.nova_url = e["urls"]["nova"]
+        self.placement_url = e["urls"]["placement"]
+        self.openrc = e["files"]["openrc"]
+        self.clouds_yaml = e["files"]["clouds_yaml"]    # clouds: nlc, nlc-appcred, nlc-reader
+        self.secure_yaml = e["files"]["secure_yaml"]    # their password / secret
+        self.token_log = e["files"]["token_log"]
+        self.keystone_request_log = e["files"]["keystone_request_log"]
+        self.hosts = sorted(e["hosts"])
+        self._session = None
+        self._service_ids = {}
+
+    # ------------------------------------------------------------------ sessions / requests
+    def admin_session(self, new=False):
+        """keystoneauth1 Session for admin/admin (password).  The same one is returned each time
+        (so it costs at most one token per pytest session) unless new=True."""
+        from keystoneauth1 import session
+        from keystoneauth1.identity import v3
+        if new or self._session is None:
+            e = self.env
+            auth = v3.Password(auth_url=e["OS_AUTH_URL"], username=e["OS_USERNAME"],
+                               password=e["OS_PASSWORD"], project_name=e["OS_PROJECT_NAME"],
+                               user_domain_name=e["OS_USER_DOMAIN_NAME"],
+                               project_domain_name=e["OS_PROJECT_DOMAIN_NAME"])
+            sess = session.Session(auth=auth)
+            if new:
+                return sess
+            self._session = sess
+        return self._session
+
+    def nova(self, method, path, microversion="2.1", **kw):
+        """Call the compute API as admin; returns the requests Response (no raise)."""
+        return self.admin_session().request(
+            self.nova_url + path, method, raise_exc=False,
+            headers={"OpenStack-API-Version": f"compute {microversion}"}, **kw)
+
+    def placement(self, method, path, microversion="1.39", **kw):
+        return self.admin_session().request(
+            self.placement_url + path, method, raise_exc=False,
+            headers={"OpenStack-API-Version": f"placement {microversion}"}, **kw)
+
+    # ------------------------------------------------------------------ token counting
+    def token_log_entries(self):
+        """Every POST /v3/auth/tokens keystone answered, oldest first (dicts: status, methods,
+        user, user_id, project, app_cred, t, ms)."""
+        try:
+            with open(self.token_log) as f:
+                return [json.loads(line) for line in f if line.strip()]
+        except FileNotFoundError:
+            return []
+
+    def token_requests(self, user=None, method=None, status=201):
+        """Number of POST /v3/auth/tokens keystone has answered so far with `status` (201 = a
+        token was issued; None = any), optionally only for `user` (name; app-credential logins
+        count for the credential's owner) and/or auth `method` ("password",
+        "application_credential", "token").  Take a count before and after the code under test."""
+        n = 0
+        for e in self.token_log_entries():
+            if status is not None and e.get("status") != status:
+                continue
+            if user is not None and e.get("user") != user:
+                continue
+            if method is not None and method not in (e.get("methods") or ()):
+                continue
+            n += 1
+        return n
+
+    def request_log_token_issues(self):
+        """Cross-check: POST /v3/auth/tokens answered 201, counted in keystone's uwsgi request log
+        (all users)."""
+        n = 0
+        try:
+            with open(self.keystone_request_log, errors="replace") as f:
+                for line in f:
+                    if "POST /v3/auth/tokens " in line and "(HTTP/1.1 201)" in line:
+                        n += 1
+        except FileNotFoundError:
+            pass
+        return n
+
+    # ------------------------------------------------------------------ keystone users
+    def keystone(self, method, path, **kw):
+        r = self.admin_session().request(self.keystone_url + path, method, raise_exc=False, **kw)
+        if r.status_code >= 400:
+            raise CloudError(f"{method} {path}: {r.status_code} {r.text[:200]}")
+        return r.json() if r.content else None
+
+    def create_user(self, role="admin", project="admin", prefix="nlc-t"):
+        """A new keystone user with `role` on `project` (domain Default); see KeystoneUser."""
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        password = uuid.uuid4().hex
+        project_id = self.keystone("GET", f"/projects?name={project}")["projects"][0]["id"]
+        role_id = self.keystone("GET", f"/roles?name={role}")["roles"][0]["id"]
+        user = self.keystone("POST", "/users", json={"user": {
+            "name": name, "password": password, "domain_id": "default"}})["user"]
+        self.keystone("PUT", f"/projects/{project_id}/users/{user['id']}/roles/{role_id}")
+        return KeystoneUser(self, user["id"], name, password, project)
+
+    def delete_user(self, user_id):
+        self.keystone("DELETE", f"/users/{user_id}")
+
+    # ------------------------------------------------------------------ compute services
+    def compute_services(self):
+        r = self.nova("GET", "/os-services?binary=nova-compute", microversion=COMPUTE_MV)
+        if r.status_code != 200:
+            raise CloudError(f"GET /os-services: {r.status_code} {r.text[:200]}")
+        return {s["host"]: s for s in r.json()["services"]}
+
+    def _service_id(self, host):
+        if host not in self._service_ids:
+            self._service_ids.update({h: s["id"] for h, s in self.compute_services().items()})
+        if host not in self._service_ids:
+            raise CloudError(f"no nova-compute service on host {host!r} (hosts: {self.hosts})")
+        return self._service_ids[host]
+
+    def _put_service(self, host, body):
+        r = self.nova("PUT", f"/os-services/{self._service_id(host)}", microversion=COMPUTE_MV, json=body)
+        if r.status_code != 200:
+            raise CloudError(f"PUT /os-services ({host}) {body}: {r.status_code} {r.text[:200]}")
+        return r.json()["service"]
+
+    # Changes a test makes are recorded in $NLC_CLOUD_DIR/run/held/<key> with the test process's
+    # pid: reset() (also run by every new pytest session) leaves changes of other live processes
+    # alone, and `start` waits for a service stopped by a live process instead of rebuilding.
+    def _held(self, key):
+        return os.path.join(self.dir, "run", "held", key)
+
+    def _hold(self, key):
+        os.makedirs(os.path.dirname(self._held(key)), exist_ok=True)
+        with open(self._held(key), "w") as f:
+            f.write(str(os.getpid()))
+
+    def _release(self, key):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._held(key))
+
+    def _held_by_other(self, key):
+        try:
+            with open(self._held(key)) as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError):
+            return False
+        if pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+
+    def force_down(self, host, down=True):
+        """Mark the host's nova-compute service forced_down (state 'down' at once) or undo it."""
+        if down:
+            self._hold(f"forced_down-{host}")
+        svc = self._put_service(host, {"forced_down": bool(down)})
+        if not down:
+            self._release(f"forced_down-{host}")
+        return svc
+
+    def disable(self, host, reason="nlc test"):
+        """Disable the host's nova-compute service with `reason` (hypervisor status 'disabled')."""
+        self._hold(f"disabled-{host}")
+        return self._put_service(host, {"status": "disabled", "disabled_reason": reason})
+
+    def enable(self, host):
+        svc = self._put_service(host, {"status": "enabled"})
+        self._release(f"disabled-{host}")
+        return svc
+
+    @contextlib.contextmanager
+    def forced_down(self, host):
+        self.force_down(host, True)
+        try:
+            yield
+        finally:
+            self.force_down(host, False)
+
+    @contextlib.contextmanager
+    def disabled(self, host, reason="nlc test"):
+        self.disable(host, reason)
+        try:
+            yield
+        finally:
+            self.enable(host)
+
+    # ------------------------------------------------------------------ processes
+    def _service(self, action, name):
+        if name not in RESTARTABLE:
+            raise ValueError(f"service must be one of {RESTARTABLE}, not {name!r}")
+        r = subprocess.run([SERVICE, action, name], capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, NLC_HOLDER_PID=str(os.getpid())))
+        if r.returncode:
+            raise CloudError(f"service {action} {name} failed:\n{_tail(r.stdout + r.stderr)}")
+
+    def stop_service(self, name):
+        """Stop "nova-api", "placement" or "keystone" (also image-stub, nova-conductor,
+        nova-scheduler): its whole process group; connections are refused afterwards."""
+        self._service("stop", name)
+
+    def start_service(self, name):
+        """Start it again; returns once it answers HTTP."""
+        self._service("start", name)
+
+    def service_running(self, name):
+        return subprocess.run([SERVICE, "status", name], capture_output=True).returncode == 0
+
+    @contextlib.contextmanager
+    def service_stopped(self, name):
+        self.stop_service(name)
+        try:
+            yield
+        finally:
+            self.start_service(name)
+
+    def reset(self):
+        """Back to the state start left: every restartable service running, every compute
+        service enabled and not forced down - except what another live test process changed."""
+        for name in RESTARTABLE:
+            if not self.service_running(name) and not self._held_by_other(name):
+                self.start_service(name)
+        for host, svc in self.compute_services().items():
+            if svc.get("forced_down") and not self._held_by_other(f"forced_down-{host}"):
+                self.force_down(host, False)
+            if svc.get("status") != "enabled" and not self._held_by_other(f"disabled-{host}"):
+                self.enable(host)
+
+
+class KeystoneUser:
+    """A user made by Cloud.create_user: `env` holds its OS_* variables (password auth)."""
+
+    def __init__(self, cloud, user_id, name, password, project):
+        self.cloud, self.id, self.name, self.password, self.project = cloud, user_id, name, password, project
+        self.env = dict(cloud.env, OS_USERNAME=name, OS_PASSWORD=password, OS_PROJECT_NAME=project)
+
+    def session(self):
+        from keystoneauth1 import session
+        from keystoneauth1.identity import v3
+        return session.Session(auth=v3.Password(
+            auth_url=self.cloud.keystone_url, username=self.name, password=self.password,
+            project_name=self.project, user_domain_name="Default", project_domain_name="Default"))
+
+    def app_credential(self, name=None):
+        """Create an application credential for this user (logs in once as the user: that
+        token counts in token_requests(user=self.name)); returns {"id", "secret", ...}."""
+        sess = self.session()
+        r = sess.post(f"{self.cloud.keystone_url}/users/{self.id}/application_credentials",
+                      json={"application_credential": {"name": name or f"{self.name}-ac"}})
+        return r.json()["application_credential"]
+
+    def token_requests(self, **kw):
+        return self.cloud.token_requests(user=self.name, **kw)
+
+
+@pytest.fixture(scope="session")
+def cloud():
+    from tests.conftest import service_unavailable
+    t0 = time.monotonic()
+    try:
+        r = subprocess.run([START], capture_output=True, text=True, timeout=900,
+                           stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        service_unavailable(f"test cloud: {START} could not run: {exc}")
+    if r.returncode != 0:
+        service_unavailable(f"test cloud: {START} exited {r.returncode} after "
+                            f"{time.monotonic() - t0:.0f} s:\n{_tail(r.stdout + r.stderr)}")
+    try:
+        c = Cloud(cloud_dir())
+        c.reset()   # a previous session may have been killed inside a state-changing test
+    except Exception as exc:  # noqa: BLE001 - any failure here means no usable cloud
+        service_unavailable(f"test cloud started but is not usable: {type(exc).__name__}: {exc}")
+    yield c
+    if os.environ.get("NLC_CLOUD_STOP_AT_END", "") in ("1", "true", "yes"):
+        subprocess.run([STOP], capture_output=True, timeout=300)
+
+
+@pytest.fixture
+def keystone_user(cloud):
+    """A fresh user with the admin role on project admin, deleted after the test; count its
+    tokens with keystone_user.token_requests() (exact: nobody else logs in as it)."""
+    user = cloud.create_user()
+    yield user
+    cloud.delete_user(user.id)
+
+
+@pytest.fixture
+def mutable_cloud(cloud):
+    """The cloud, for a test that changes its state; put back afterwards (Cloud.reset)."""
+    yield cloud
+    cloud.reset()
