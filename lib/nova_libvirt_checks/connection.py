@@ -63,6 +63,8 @@ def connect_error(exc, uri, unreachable=CRITICAL):
             libvirt.VIR_ERR_AUTH_UNAVAILABLE, libvirt.VIR_ERR_OPERATION_DENIED,
             libvirt.VIR_ERR_ACCESS_DENIED) or "system bus" in lowered or "polkit" in lowered:
         return CheckError(f"access to {uri} refused: {message}; {_PERMISSION_HINT}", UNKNOWN)
+    if "unable to parse uri" in lowered:
+        return CheckError(f"cannot use {uri}: {message}", UNKNOWN)
     if code in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_ARG) and \
             "failed to connect socket" not in lowered:
         return CheckError(f"cannot use {uri}: {message}", UNKNOWN)

@@ -6,6 +6,8 @@ run's sample, compare each selected instance with the limits, and tell who break
 """
 import argparse
 import hashlib
+import math
+import warnings
 import re
 import time
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from .metadata import NovaInstance
 from .perfdata import label, token
 from .rates import METRICS, gauges, rates, to_state
 from .state import StateError, StateFile, boot_id, file_for
-from .thresholds import PLAIN_UNITS, SIZE_UNITS, named_range_type, state_of
+from .thresholds import COUNT_UNITS, PLAIN_UNITS, SIZE_UNITS, named_range_type, state_of
 
 NAME = "INSTANCES"
 STATE_NAMES = ("nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed",
@@ -30,8 +32,10 @@ STATE_VERSION = 1
 
 def _regex(text):
     try:
-        return re.compile(text)
-    except re.error as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            return re.compile(text)
+    except (re.error, Warning) as exc:
         raise argparse.ArgumentTypeError(f"not a valid regular expression {text!r}: {exc}") from None
 
 
@@ -49,8 +53,8 @@ def _non_negative(text):
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0 or value != value:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number, not negative: {text!r}")
     return value
 
 
@@ -61,7 +65,7 @@ def _positive_int(text):
 
 
 def _units_of(metric):
-    return PLAIN_UNITS if METRICS[metric].kind == "percent" else SIZE_UNITS
+    return {"percent": PLAIN_UNITS, "bytes": SIZE_UNITS, "count": COUNT_UNITS}[METRICS[metric].kind]
 
 
 def build_parser():
@@ -119,7 +123,7 @@ def build_parser():
     measuring.add_argument("--stats-mode", choices=("auto", "bulk", "per-domain"), default="auto",
                            help="bulk stats call (QEMU), per-domain calls (LXC, test driver), or "
                                 "auto: bulk where it has counters (default)")
-    measuring.add_argument("--interval", type=_non_negative, default=1.0, metavar="SECONDS",
+    measuring.add_argument("--interval", type=_non_negative, default=None, metavar="SECONDS",
                            help="with no usable previous sample, sample twice this far apart within "
                                 "the run (default 1); 0: report 'collecting baseline' instead")
     measuring.add_argument("--max-age", type=_non_negative, default=1800, metavar="SECONDS",
@@ -244,6 +248,11 @@ def instance_labels(instances):
 
 def measure(args):
     uri = args.connect or default_uri()
+    if args.interval is None:
+        args.interval = min(1.0, args.timeout / 4)
+    elif args.interval and args.interval >= args.timeout / 2:
+        raise plugin.UsageError(f"argument --interval: {args.interval:g} s must be less than half of "
+                                f"-t/--timeout ({args.timeout:g} s)")
     libvirt = libvirt_module()
     conn = open_connection(uri, read_only=True, unreachable=plugin.UNKNOWN)
     store = StateFile(file_for("instances", uri, args.state_dir))
@@ -279,15 +288,44 @@ def measure(args):
 
     for inst in chosen:
         _measure(inst, samples.get(inst.uuid), previous.get(inst.uuid), baseline_in_run)
-    notes = store.notes + _save(store, samples, names)
+    notes = list(dict.fromkeys(store.notes + _save(store, samples, names)))
     return evaluate(args, chosen, host_cpus, sampler.used_mode, notes)
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _valid_sample(entry):
+    return (isinstance(entry, dict) and _number(entry.get("t")) and _int(entry.get("id"))
+            and isinstance(entry.get("c"), dict)
+            and all(isinstance(k, str) and _int(v) for k, v in entry["c"].items()))
+
+
+def _valid_name(entry):
+    nova = entry.get("nova") if isinstance(entry, dict) else None
+    return (isinstance(entry, dict) and _number(entry.get("t")) and _int(entry.get("id"))
+            and all(isinstance(entry.get(k), list) and all(isinstance(d, str) for d in entry[k])
+                    for k in ("disks", "nics"))
+            and (nova is None or (isinstance(nova, dict) and isinstance(nova.get("name"), str)
+                                  and set(nova) <= set(NovaInstance.__dataclass_fields__))))
 
 
 def _this_boot(document):
     """The stored document if it was written in this boot by this version, else nothing:
-    time.monotonic() values of another boot cannot be compared."""
+    time.monotonic() values of another boot cannot be compared. Entries of the wrong shape
+    are dropped."""
     if document.get("version") != STATE_VERSION or document.get("boot") != boot_id():
         return {}
+    samples, names = document.get("samples"), document.get("names")
+    document["samples"] = {u: e for u, e in samples.items() if _valid_sample(e)} \
+        if isinstance(samples, dict) else {}
+    document["names"] = {u: e for u, e in names.items() if _valid_name(e)} \
+        if isinstance(names, dict) else {}
     return document
 
 
@@ -326,9 +364,10 @@ def _save(store, samples, names):
         current = _this_boot(current) or {"version": STATE_VERSION, "boot": boot_id()}
         stored = current.get("samples") or {}
         result = {}
+        now = time.monotonic()
         for uuid, sample in samples.items():
             theirs = stored.get(uuid)
-            if sample.counters and not (isinstance(theirs, dict) and theirs.get("t", 0) > sample.time
+            if sample.counters and not (isinstance(theirs, dict) and sample.time < theirs["t"] <= now
                                         and theirs.get("id") == sample.id):
                 result[uuid] = to_state(sample)
             elif isinstance(theirs, dict):
@@ -399,7 +438,7 @@ def evaluate(args, instances, host_cpus, mode, notes):
 
     offenders = sorted((i for i in instances if i.problems), key=lambda i: (-i.worst, i.name, i.uuid))
     unmeasured = [i for i in instances if i.note and i.note.startswith(("not measured", "vanished"))]
-    measured = [i for i in instances if i.values]
+    measured = [i for i in instances if any(m != "memory" for m in i.values)]
     overall = max([i.worst for i in offenders] + [s for s, _ in total_problems], default=plugin.OK)
     if instances and len(unmeasured) == len(instances) and overall == plugin.OK:
         overall = plugin.UNKNOWN
@@ -424,7 +463,7 @@ def _summary(instances, offenders, total_problems, totals, unmeasured, measured)
         return "no instances match the selection"
     parts = []
     if offenders:
-        shown = "; ".join(f"{i.title} " + ", ".join(text for _, text in i.problems)
+        shown = "; ".join(f"{_clip(i.title, 60)} " + ", ".join(text for _, text in i.problems)
                           for i in offenders[:3])
         more = f"; and {len(offenders) - 3} more" if len(offenders) > 3 else ""
         parts.append(f"{len(offenders)} of {len(instances)} instances over limits: {shown}{more}")
@@ -448,6 +487,10 @@ def _summary(instances, offenders, total_problems, totals, unmeasured, measured)
     return "; ".join(parts)
 
 
+def _clip(text, chars):
+    return text if len(text) <= chars else text[:chars - 1] + "\u2026"
+
+
 def _line(inst):
     state = plugin.STATE_NAMES[inst.worst]
     where = f"[{inst.domain} {inst.uuid}, {STATE_WORDS.get(inst.state, inst.state)}]"
@@ -456,6 +499,8 @@ def _line(inst):
     elif inst.values:
         detail = ", ".join(f"{METRICS[m].text} {_human(m, inst.values[m])}" for m in METRICS
                            if m in inst.values)
+        if inst.note:
+            detail += f" ({inst.note})"
     else:
         detail = inst.note or ("not running" if inst.state not in ("running", "blocked") else "no rates")
     return f"{state}: {inst.title} {where}: {detail}"
@@ -504,6 +549,12 @@ def _bounded(report, args, instances, totals, warning, critical):
                 return report
     while report.long_output and size() > args.max_output:
         report.long_output.pop()
+    if size() > args.max_output:
+        report.perfdata = []
+    excess = size() - args.max_output
+    if excess > 0:
+        encoded = plugin.plain(report.summary).encode("utf-8")
+        report.summary = encoded[:max(0, len(encoded) - excess - 3)].decode("utf-8", "ignore") + "\u2026"
     return report
 
 

@@ -5,7 +5,7 @@ from . import plugin
 from .connection import (DOMAIN_STATES, STATE_WORDS, call_error, default_uri, libvirt_module,
                          open_connection, version_string)
 from .perfdata import token
-from .thresholds import TIME_UNITS, named_range_type, range_type, state_of
+from .thresholds import NUMBERS, TIME_UNITS, named_range_type, range_type, state_of
 
 NAME = "LIBVIRTD"
 COUNTED = list(DOMAIN_STATES.values()) + ["total"]
@@ -29,7 +29,7 @@ def build_parser():
                         help="warning range for the response time in seconds")
     parser.add_argument("-c", "--critical", type=range_type(TIME_UNITS), metavar="RANGE",
                         help="critical range for the response time in seconds")
-    counts = named_range_type(set(COUNTED), lambda _name: {"": 1})
+    counts = named_range_type(set(COUNTED), lambda _name: NUMBERS)
     parser.add_argument("--domains-warning", type=counts, action="append", default=[],
                         metavar="STATE=RANGE",
                         help="warning range for the number of domains in STATE (" + ", ".join(COUNTED)

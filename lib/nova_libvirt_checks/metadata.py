@@ -88,7 +88,7 @@ def parse(xml_text, namespace=None):
 
     def number(path):
         value = text(path)
-        return int(value) if value and value.isdigit() and len(value) < 10 else None
+        return int(value) if value and value.isascii() and value.isdigit() and len(value) < 10 else None
 
     name = text("nova:name")
     if name is None:

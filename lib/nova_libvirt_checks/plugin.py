@@ -10,6 +10,7 @@ can print its verdict and end the process with os._exit() whatever the main thre
 """
 import argparse
 import os
+import signal
 import sys
 import threading
 import time
@@ -64,7 +65,7 @@ def render(name, report):
     return "\n".join([line] + [plain(extra) for extra in report.long_output]) + "\n"
 
 
-_emit_lock = threading.Lock()
+_emit_lock = threading.RLock()
 _emitted = False
 
 
@@ -100,10 +101,17 @@ class Watchdog:
 
     def start(self):
         threading.Thread(target=self._expire, name="watchdog", daemon=True).start()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGALRM, lambda *_: self._fire())
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
 
     def _expire(self):
         time.sleep(self.seconds)
-        emit(render(self.name, Report(self.state, self.message)), self.state)
+        self._fire()
+
+    def _fire(self):
+        if not _emitted:
+            emit(render(self.name, Report(self.state, self.message)), self.state)
 
 
 class ArgumentParser(argparse.ArgumentParser):

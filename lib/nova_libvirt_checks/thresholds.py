@@ -6,36 +6,53 @@ operator means it, and strict validation: anything that does not parse is an err
 the text, never a silently ignored threshold.
 """
 import argparse
+import math
 import re
+from dataclasses import dataclass
 
 import nagiosplugin
 
+@dataclass(frozen=True)
+class Units:
+    """Unit symbols and their factors, and the suffixes that may follow them (the B of 50MB,
+    the /s of 10M/s) where they make sense; nothing else after a number is accepted."""
+    factors: dict
+    suffixes: tuple = ()
+
+
 # Decimal prefixes as the Monitoring Plugins and `iostat` use them; binary ones for memory.
-SIZE_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
-              "k": 10**3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
-TIME_UNITS = {"": 1, "s": 1, "ms": 10**-3, "us": 10**-6, "m": 60, "min": 60, "h": 3600}
-PLAIN_UNITS = {"": 1, "%": 1}
+_DECIMAL = {"": 1, "K": 10**3, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15}
+SIZE_UNITS = Units({**_DECIMAL, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50},
+                   ("B", "/s"))
+COUNT_UNITS = Units(_DECIMAL, ("/s",))
+TIME_UNITS = Units({"": 1, "s": 1, "ms": 10**-3, "us": 10**-6, "m": 60, "min": 60, "h": 3600})
+PLAIN_UNITS = Units({"": 1, "%": 1})
+NUMBERS = Units({"": 1})
 
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
 
 
 def _atom_pattern(units):
-    names = sorted((re.escape(u) for u in units if u), key=len, reverse=True)
+    names = sorted((re.escape(u) for u in units.factors if u), key=len, reverse=True)
     unit = "(?:" + "|".join(names) + ")" if names else "(?!)"
-    # sizes may carry a trailing B (50MB, 2GiB) and rates a trailing /s
-    return re.compile(rf"({_NUMBER})({unit})?(?:B)?(?:/s)?")
+    tail = "".join(f"(?:{re.escape(s)})?" for s in units.suffixes)
+    return re.compile(rf"({_NUMBER})({unit})?{tail}")
 
 
 def _parse_atom(text, units, pattern):
     match = pattern.fullmatch(text)
     if not match:
         raise ValueError(text)
-    value = float(match.group(1)) * units[match.group(2) or ""]
+    value = float(match.group(1)) * units.factors[match.group(2) or ""]
+    if not math.isfinite(value):
+        raise ValueError(text)
     return int(value) if value == int(value) and abs(value) < 2**63 else value
 
 
 def parse_range(text, units=SIZE_UNITS):
     """`text` as a nagiosplugin Range, unit suffixes resolved; ValueError if it is not one."""
+    if isinstance(units, dict):
+        units = Units(units)
     pattern = _atom_pattern(units)
     body = text.strip()
     invert = body.startswith("@")
