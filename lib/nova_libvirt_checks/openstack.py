@@ -17,7 +17,6 @@ ends as a one-line UNKNOWN naming it, before the watchdog has to step in.
 keystoneauth1 is imported when the argument parser is built (its loaders define the --os-*
 options) or when a session is made; importing this module itself costs nothing.
 """
-import json
 import os
 import time
 
@@ -225,8 +224,7 @@ class Connection:
         except Exception:
             cache_id = None
         if not cache_id:
-            self.notes.append("token not cached: this auth type has no cache id")
-            return
+            return          # e.g. auth type none or admin_token: nothing worth keeping
         self._cache_id = cache_id
         self._store = StateFile(file_for("token", cache_id, self.args.state_dir))
         document = self._store.load()
@@ -295,23 +293,10 @@ class Connection:
     def has_service(self, service_type):
         """Whether the catalog has an endpoint of this type for our region and interface."""
         try:
-            self.auth.get_endpoint(self.session, service_type=service_type,
-                                   interface=self.interface, region_name=self.region)
-            return True
-        except self.exc.EndpointNotFound:
+            return bool(self.auth.get_endpoint(self.session, service_type=service_type,
+                                               interface=self.interface, region_name=self.region))
+        except Exception:   # EndpointNotFound, EmptyCatalog
             return False
-        except Exception:
-            return False
-
-    def endpoint(self, service_type):
-        try:
-            url = self.auth.get_endpoint(self.session, service_type=service_type,
-                                         interface=self.interface, region_name=self.region)
-        except Exception as exc:
-            raise self._error(exc, service_type, "") from None
-        if not url:
-            raise self._missing(service_type)
-        return url
 
     def get(self, service_type, path, microversion=None, instead=None):
         """GET `path` of the service, as JSON. `instead` maps HTTP statuses that are an answer
@@ -338,7 +323,7 @@ class Connection:
 
     # -- errors
 
-    def _missing(self, service_type):
+    def missing_endpoint(self, service_type):
         where_ = f"region {self.region}" if self.region else "any region"
         return CheckError(f"no {service_type} endpoint ({self.interface}, {where_}) in the "
                           f"Keystone catalog of {self.auth_url}")
@@ -370,7 +355,7 @@ class Connection:
             return CheckError(f"login to {self.auth_url} failed: HTTP {exc.http_status}"
                               f"{_error_detail(getattr(exc, 'response', None))}")
         if isinstance(exc, (e.EndpointNotFound, e.EmptyCatalog)):
-            return self._missing(service_type)
+            return self.missing_endpoint(service_type)
         if isinstance(exc, e.ConnectTimeout) or "deadline has passed" in str(exc):
             return CheckError(f"{target} did not answer within the timeout of "
                               f"{self.args.timeout:g} s")

@@ -1,0 +1,787 @@
+"""check_nova_hypervisors against the real local cloud (tests/harness/cloud).
+
+Every expected number is derived from cloud.json (what the cloud was given: host sizes,
+reservations, allocation ratios, the servers booted), never read back from the APIs. The check
+runs as a subprocess, as Nagios runs it, with the cloud's OS_* variables and a private state
+directory per test.
+"""
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHECK = os.path.join(ROOT, "checks", "check_nova_hypervisors")
+UNIT = {"vcpus": 1, "memory": 2**20, "disk": 2**30}
+CLASS = {"vcpus": "VCPU", "memory": "MEMORY_MB", "disk": "DISK_GB"}
+USER = "nlc-hv-check"
+LEGACY = {"vcpus": ("vcpus_used", "vcpus"), "memory": ("memory_mb_used", "memory_mb"),
+          "disk": ("local_gb_used", "local_gb")}
+
+
+# ---------------------------------------------------------------- helpers
+
+class Result:
+    def __init__(self, proc, elapsed):
+        self.code = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+        self.elapsed = elapsed
+        self.lines = proc.stdout.splitlines()
+        first = self.lines[0] if self.lines else ""
+        self.status, _, perf = first.partition(" | ")
+        self.perf = parse_perfdata(perf)
+
+    def __repr__(self):
+        return f"exit {self.code} after {self.elapsed:.2f} s:\n{self.stdout}{self.stderr}"
+
+
+def parse_perfdata(text):
+    """{label: (value, uom, warn, crit, min, max)} with numbers as floats."""
+    out = {}
+    for item in text.split():
+        name, _, rest = item.partition("=")
+        fields = rest.split(";") + [""] * 4
+        raw = fields[0]
+        number = raw.rstrip("%B")
+        out[name] = (float(number), raw[len(number):]) + tuple(fields[1:5])
+    return out
+
+
+def value(result, name):
+    assert name in result.perf, f"no perfdata {name!r} in {result!r}"
+    return result.perf[name][0]
+
+
+@pytest.fixture
+def state_dir(tmp_path):
+    path = tmp_path / "state"
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def own_user(cloud):
+    """OS_* overrides for a Keystone user of these tests alone (admin on project admin), so that
+    counting its tokens is exact even while something else logs in as admin meanwhile."""
+    from keystoneauth1 import exceptions, session
+    from keystoneauth1.identity import v3
+    name, password = USER, "nlc-hv-check-secret"
+    sess, ks = cloud.admin_session(), cloud.keystone_url
+
+    def call(method, path, **kw):
+        r = sess.request(ks + path, method, raise_exc=False, **kw)
+        assert r.status_code < 300, (method, path, r.status_code, r.text[:200])
+        return r.json() if r.content else None
+
+    def can_log_in():
+        try:
+            session.Session(auth=v3.Password(
+                auth_url=ks, username=name, password=password, project_name="admin",
+                user_domain_name="Default", project_domain_name="Default")).get_token()
+            return True
+        except exceptions.Unauthorized:
+            return False
+    users = call("GET", f"/users?name={name}")["users"]
+    if users:
+        user_id = users[0]["id"]
+    else:
+        user_id = call("POST", "/users", json={"user": {
+            "name": name, "password": password, "domain_id": "default"}})["user"]["id"]
+    project_id = call("GET", "/projects?name=admin")["projects"][0]["id"]
+    role_id = call("GET", "/roles?name=admin")["roles"][0]["id"]
+    call("PUT", f"/projects/{project_id}/users/{user_id}/roles/{role_id}")
+    if not can_log_in():
+        call("PATCH", f"/users/{user_id}", json={"user": {"password": password}})
+        # the change revokes the user's tokens issued up to its second, tokens of that very
+        # second included (Fernet tokens carry whole seconds): let it pass
+        time.sleep(1.1)
+    return {"OS_USERNAME": name, "OS_PASSWORD": password, "OS_PROJECT_NAME": "admin",
+            "OS_USER_DOMAIN_NAME": "Default", "OS_PROJECT_DOMAIN_NAME": "Default"}
+
+
+@pytest.fixture(scope="session")
+def own_app_credential(cloud, own_user):
+    """An application credential of that user for this session: {"id", "secret"}."""
+    from keystoneauth1 import session
+    from keystoneauth1.identity import v3
+    sess = session.Session(auth=v3.Password(
+        auth_url=cloud.keystone_url, username=own_user["OS_USERNAME"],
+        password=own_user["OS_PASSWORD"], project_name="admin", user_domain_name="Default",
+        project_domain_name="Default"))
+    ks = cloud.keystone_url
+    user_id = sess.get_user_id()
+    cred = sess.post(f"{ks}/users/{user_id}/application_credentials", json={
+        "application_credential": {"name": f"{USER}-{os.urandom(4).hex()}"}}).json()[
+        "application_credential"]
+    yield {"id": cred["id"], "secret": cred["secret"]}
+    sess.delete(f"{ks}/users/{user_id}/application_credentials/{cred['id']}", raise_exc=False)
+
+
+def base_env(cloud, state_dir, **extra):
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
+           "NOVA_LIBVIRT_CHECKS_STATE_DIR": state_dir}
+    env.update(cloud.env)
+    env.update(extra)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def run(cloud, state_dir, *args, env=None, timeout=30):
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, CHECK] + [str(a) for a in args], cwd=ROOT,
+                          env=env or base_env(cloud, state_dir), capture_output=True, text=True,
+                          timeout=timeout)
+    return Result(proc, time.monotonic() - started)
+
+
+def hosts(cloud):
+    return cloud.expected["hosts"]
+
+
+def placement_totals(cloud, names=None):
+    """{resource: (used, capacity)} in base units (count, bytes) over the named hosts."""
+    chosen = [h for name, h in hosts(cloud).items() if names is None or name in names]
+    return {r: (sum(h["placement"][CLASS[r]]["used"] for h in chosen) * UNIT[r],
+                sum(h["placement"][CLASS[r]]["capacity"] for h in chosen) * UNIT[r])
+            for r in UNIT}
+
+
+def legacy_totals(cloud, names=None):
+    chosen = [h for name, h in hosts(cloud).items() if names is None or name in names]
+    return {r: (sum(h["legacy"][LEGACY[r][0]] for h in chosen) * UNIT[r],
+                sum(h["legacy"][LEGACY[r][1]] for h in chosen) * UNIT[r]) for r in UNIT}
+
+
+def placement_fits(cloud, flavor, names=None):
+    f = cloud.expected["flavors"][flavor]
+    need = {"VCPU": f["vcpus"], "MEMORY_MB": f["ram"], "DISK_GB": f["disk"]}
+    total = 0
+    for name, h in hosts(cloud).items():
+        if names is None or name in names:
+            total += min((inv["capacity"] - inv["used"]) // need[rc]
+                         for rc, inv in h["placement"].items())
+    return total
+
+
+def legacy_fits(cloud, flavor):
+    f = cloud.expected["flavors"][flavor]
+    need = {"vcpus": f["vcpus"], "memory": f["ram"], "disk": f["disk"]}
+    total = 0
+    for h in hosts(cloud).values():
+        leg = h["legacy"]
+        total += max(0, min((leg[LEGACY[r][1]] - leg[LEGACY[r][0]]) // need[r] for r in need))
+    return total
+
+
+def assert_totals(result, totals):
+    for resource, (used, capacity) in totals.items():
+        assert value(result, f"{resource}_used") == used, (resource, result)
+        assert value(result, f"{resource}_capacity") == capacity, (resource, result)
+        assert value(result, f"{resource}_free") == max(0, capacity - used), (resource, result)
+        assert float(result.perf[f"{resource}_used"][5]) == capacity      # max = capacity
+        assert value(result, f"{resource}_used_pct") == round(100 * used / capacity, 2)
+
+
+def token_file(state_dir):
+    files = [f for f in os.listdir(state_dir) if f.startswith("token-") and f.endswith(".json")]
+    assert len(files) == 1, files
+    return os.path.join(state_dir, files[0])
+
+
+def edit_cached_token(state_dir, change):
+    path = token_file(state_dir)
+    with open(path) as f:
+        document = json.load(f)
+    state = json.loads(document["auth_state"])
+    change(state)
+    document["auth_state"] = json.dumps(state)
+    with open(path, "w") as f:
+        json.dump(document, f)
+
+
+class StalledPeer:
+    """A TCP socket that accepts connections and never answers."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.held = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def close(self):
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+# ---------------------------------------------------------------- capacity and usage
+
+def test_placement_totals_exact(cloud, state_dir):
+    r = run(cloud, state_dir, "--perfdata-per-hypervisor")
+    assert r.code == 0, r
+    assert r.status.startswith("HYPERVISORS OK - 3 of 3 hypervisors up and enabled"), r
+    assert r.status.endswith("[placement]"), r
+    assert_totals(r, placement_totals(cloud))
+    assert value(r, "hypervisors") == 3 and value(r, "hypervisors_usable") == 3
+    assert value(r, "hypervisors_down") == 0 and value(r, "hypervisors_disabled") == 0
+    for name, h in hosts(cloud).items():
+        for resource in UNIT:
+            inv = h["placement"][CLASS[resource]]
+            token = r.perf[f"{name}.{resource}_used"]
+            assert token[0] == inv["used"] * UNIT[resource], (name, resource, r)
+            assert float(token[5]) == inv["capacity"] * UNIT[resource], (name, resource, r)
+    assert len(r.lines) == 4            # the three cloud totals; no hypervisor has a problem
+
+
+def test_overcommitted_host(cloud, state_dir):
+    """compute3 holds 17 vCPUs on 16 physical ones, at cpu_allocation_ratio 4.0."""
+    c3 = hosts(cloud)["compute3"]
+    assert c3["placement"]["VCPU"]["used"] == 17 and c3["vcpus"] == 16
+    assert c3["placement"]["VCPU"]["allocation_ratio"] == 4.0
+    r = run(cloud, state_dir, "--hypervisor", "^compute3$", "-v")
+    assert r.code == 0, r
+    assert value(r, "vcpus_used") == 17 and value(r, "vcpus_capacity") == 64
+    assert value(r, "vcpus_used_pct") == round(100 * 17 / 64, 2)
+    assert "vCPUs 17/64 (27%)" in r.stdout, r
+    legacy = run(cloud, state_dir, "--hypervisor", "^compute3$", "--source", "nova", "-v")
+    assert legacy.code == 0, legacy
+    assert value(legacy, "vcpus_used") == 17 and value(legacy, "vcpus_capacity") == 16
+    assert value(legacy, "vcpus_free") == 0                  # never negative
+    assert value(legacy, "vcpus_used_pct") == round(100 * 17 / 16, 2)
+    assert "vCPUs 17/16 (106%)" in legacy.stdout, legacy
+
+
+@pytest.mark.parametrize("microversion", ["2.1", "2.53"])
+def test_legacy_fields_exact(cloud, state_dir, microversion):
+    r = run(cloud, state_dir, "--source", "nova", "--nova-microversion", microversion, "-v")
+    assert r.code == 0, r
+    assert r.status.endswith("[nova]"), r
+    assert f"Nova microversion {microversion}" in r.stdout, r
+    assert_totals(r, legacy_totals(cloud))
+
+
+def test_legacy_and_placement_agree_where_they_should(cloud, state_dir):
+    placement = run(cloud, state_dir, "--source", "placement")
+    auto = run(cloud, state_dir)
+    v21 = run(cloud, state_dir, "--source", "nova", "--nova-microversion", "2.1")
+    v253 = run(cloud, state_dir, "--source", "nova", "--nova-microversion", "2.53")
+    assert placement.code == auto.code == v21.code == v253.code == 0
+    assert placement.perf == auto.perf                      # auto picks Placement here
+    assert v21.perf == v253.perf                            # same legacy fields at both
+    # what instances use: the same in both, but for memory
+    assert value(placement, "vcpus_used") == value(v21, "vcpus_used")
+    assert value(placement, "disk_used") == value(v21, "disk_used")
+    # Nova's memory_mb_used includes each host's reserved memory; Placement does not
+    reserved = sum(h["reserved_host_memory_mb"] for h in hosts(cloud).values()) * 2**20
+    assert reserved > 0
+    assert value(v21, "memory_used") - value(placement, "memory_used") == reserved
+    # capacity: Nova's is physical; Placement's is (total - reserved) x allocation ratio
+    assert value(v21, "vcpus_capacity") == sum(h["vcpus"] for h in hosts(cloud).values()) * 1
+    assert value(placement, "vcpus_capacity") == sum(
+        h["vcpus"] * h["cpu_allocation_ratio"] for h in hosts(cloud).values())
+    assert value(placement, "disk_capacity") == value(v21, "disk_capacity")   # ratio 1.0, none reserved
+
+
+def test_thresholds_on_percent_and_free(cloud, state_dir):
+    (vused, vcap), (mused, mcap), _disk = placement_totals(cloud).values()
+    pct = 100 * vused / vcap
+    below, above = math.floor(pct * 10) / 10, math.ceil(pct * 10) / 10 + 0.1
+    r = run(cloud, state_dir, "-w", f"vcpus={below}%", "-c", f"vcpus={above}%")
+    assert r.code == 1, r
+    assert f"cloud vCPUs {pct:.1f}% used > {below:g}%" in r.status, r
+    assert r.perf["vcpus_used_pct"][2:4] == (f"{below:g}", f"{above:g}")
+    r = run(cloud, state_dir, "-c", f"vcpus={below}%")
+    assert r.code == 2, r
+    free_gib = (mcap - mused) / 2**30
+    r = run(cloud, state_dir, "-c", f"memory_free={math.ceil(free_gib) + 1}Gi:")
+    assert r.code == 2 and "cloud memory" in r.status and "free <" in r.status, r
+    r = run(cloud, state_dir, "-c", f"memory_free={math.floor(free_gib) - 1}Gi:",
+            "-w", f"vcpus_free={vcap - vused - 1}:")
+    assert r.code == 0, r
+
+
+def test_per_hypervisor_limits_name_the_worst(cloud, state_dir):
+    pct = {name: 100 * h["placement"]["MEMORY_MB"]["used"] / h["placement"]["MEMORY_MB"]["capacity"]
+           for name, h in hosts(cloud).items()}
+    limit = 50
+    over = sorted(n for n, p in pct.items() if p > limit)
+    assert over == ["compute3"]
+    r = run(cloud, state_dir, "--hypervisor-critical", f"memory={limit}%")
+    assert r.code == 2, r
+    assert f"1 of 3 hypervisors over limits: compute3 memory {pct['compute3']:.1f}% used > 50%" \
+        in r.status, r
+    assert any(line.startswith("CRITICAL: compute3 [up, enabled]") for line in r.lines), r
+    assert not any("compute1" in line for line in r.lines[1:]), r
+
+
+def test_flavor_room_counted_host_by_host(cloud, state_dir):
+    r = run(cloud, state_dir, "--flavor", "m1.xlarge", "--flavor", "m1.small")
+    assert r.code == 0, r
+    for flavor in ("m1.xlarge", "m1.small"):
+        expected = placement_fits(cloud, flavor)
+        assert value(r, f"fits_{flavor}") == expected, (flavor, r)
+        assert f"room for {expected} more {flavor}" in r.status, r
+    # host by host is less than the cloud's free total divided by the flavor
+    (_v, _vc), (mused, mcap), _d = placement_totals(cloud).values()
+    assert placement_fits(cloud, "m1.xlarge") < (mcap - mused) // (16384 * 2**20)
+    legacy = run(cloud, state_dir, "--flavor", "m1.xlarge", "--source", "nova")
+    assert value(legacy, "fits_m1.xlarge") == legacy_fits(cloud, "m1.xlarge"), legacy
+    enough = placement_fits(cloud, "m1.xlarge")
+    r = run(cloud, state_dir, "--flavor", "m1.xlarge", "--flavor-warning", f"{enough + 1}:")
+    assert r.code == 1 and f"room for {enough} more m1.xlarge, fewer than {enough + 1}" in r.status, r
+    flavor_id = cloud.expected["flavors"]["m1.xlarge"]["id"]
+    r = run(cloud, state_dir, "--flavor", flavor_id, "--flavor-critical", f"{enough + 1}:")
+    assert r.code == 2, r
+    r = run(cloud, state_dir, "--flavor", "no-such-flavor")
+    assert r.code == 3 and "no flavor named 'no-such-flavor'" in r.status, r
+
+
+def test_selection_by_aggregate_zone_and_name(cloud, state_dir):
+    agg = cloud.expected["aggregates"]["agg-big"]
+    r = run(cloud, state_dir, "--aggregate", "agg-big")
+    assert r.code == 0 and value(r, "hypervisors") == len(agg["hosts"]), r
+    assert_totals(r, placement_totals(cloud, agg["hosts"]))
+    default_az = [n for n, h in hosts(cloud).items()
+                  if h["availability_zone"] == cloud.expected["default_availability_zone"]]
+    r = run(cloud, state_dir, "--availability-zone", cloud.expected["default_availability_zone"])
+    assert r.code == 0 and value(r, "hypervisors") == len(default_az), r
+    assert_totals(r, placement_totals(cloud, default_az))
+    r = run(cloud, state_dir, "--availability-zone", agg["availability_zone"], "--source", "nova")
+    assert_totals(r, legacy_totals(cloud, agg["hosts"]))
+    r = run(cloud, state_dir, "--hypervisor", "compute[13]", "--exclude-hypervisor", "1$")
+    assert value(r, "hypervisors") == 1 and value(r, "vcpus_capacity") == 64, r
+    for args, words in ((["--aggregate", "nope"], "no host aggregate named 'nope' (known: agg-big)"),
+                        (["--availability-zone", "nope"], "no availability zone named 'nope'"),
+                        (["--hypervisor", "^nothing$"], "no hypervisor matches the selection")):
+        r = run(cloud, state_dir, *args)
+        assert r.code == 3 and words in r.status and len(r.lines) == 1, r
+
+
+def test_down_and_disabled_hypervisors(mutable_cloud, state_dir):
+    cloud = mutable_cloud
+    with cloud.forced_down("compute3"), cloud.disabled("compute1", reason="nlc maintenance"):
+        r = run(cloud, state_dir, "--flavor", "m1.xlarge")
+        assert r.code == 2, r
+        assert r.status.startswith(
+            "HYPERVISORS CRITICAL - 1 of 3 hypervisors down: compute3 - "
+            "1 of 3 hypervisors up and enabled (1 down, 1 disabled)"), r
+        assert value(r, "hypervisors_down") == 1 and value(r, "hypervisors_disabled") == 1
+        assert value(r, "hypervisors_usable") == 1
+        assert_totals(r, placement_totals(cloud, ["compute2"]))       # only the usable one
+        assert value(r, "fits_m1.xlarge") == placement_fits(cloud, "m1.xlarge", ["compute2"])
+        assert "CRITICAL: compute3 [down, enabled]" in r.stdout, r
+        assert "OK: compute1 [up, disabled, reason: nlc maintenance]" in r.stdout, r
+        r = run(cloud, state_dir, "--down-warning", "0", "--disabled-warning", "0")
+        assert r.code == 1, r
+        assert "1 of 3 hypervisors down: compute3" in r.status, r
+        assert "1 of 3 hypervisors disabled: compute1" in r.status, r
+        r = run(cloud, state_dir, "--down-critical", "2", "--hypervisor", "compute[23]")
+        assert r.code == 0 and value(r, "hypervisors") == 2, r
+    r = run(cloud, state_dir)
+    assert r.code == 0 and value(r, "hypervisors_usable") == 3, r
+
+
+# ---------------------------------------------------------------- the token cache
+
+def test_token_reused_across_runs(cloud, own_user, state_dir):
+    env = base_env(cloud, state_dir, **own_user)
+    runs = 5
+    before = cloud.token_requests(user=USER)
+    results = [run(cloud, state_dir, "-v", env=env)]
+    written = os.stat(token_file(state_dir)).st_mtime_ns
+    results += [run(cloud, state_dir, "-v", env=env) for _ in range(runs - 1)]
+    after = cloud.token_requests(user=USER)
+    assert os.stat(token_file(state_dir)).st_mtime_ns == written     # unchanged: not rewritten
+    assert all(r.code == 0 for r in results), results
+    assert after - before == 1, f"{runs} runs issued {after - before} tokens"
+    assert "new token" in results[0].stdout
+    assert all("token reused from the cache" in r.stdout for r in results[1:])
+    assert os.stat(state_dir).st_mode & 0o777 == 0o700
+    assert os.stat(token_file(state_dir)).st_mode & 0o777 == 0o600
+
+
+def test_rejected_cached_token_means_one_new_login(cloud, own_user, state_dir):
+    env = base_env(cloud, state_dir, **own_user)
+    assert run(cloud, state_dir, env=env).code == 0
+
+    def reject(state):     # a well-formed token keystone never issued, still "valid" by its expiry
+        state["auth_token"] = "gAAAAABnot-a-token-keystone-issued" + "x" * 150
+    edit_cached_token(state_dir, reject)
+    before = cloud.token_requests(user=USER)
+    r = run(cloud, state_dir, "-vv", env=env)
+    assert r.code == 0, r
+    assert cloud.token_requests(user=USER) - before == 1
+    requests = [line for line in r.lines if line.startswith("request:")]
+    assert "/os-hypervisors/detail -> 401" in requests[0], r
+    assert sum("auth/tokens -> 201" in line for line in requests) == 1, r
+    assert run(cloud, state_dir, env=env).code == 0
+    assert cloud.token_requests(user=USER) - before == 1      # the new one was kept
+
+
+def test_expired_cached_token_means_one_new_login(cloud, own_user, state_dir):
+    env = base_env(cloud, state_dir, **own_user)
+    assert run(cloud, state_dir, env=env).code == 0
+
+    def expire(state):
+        state["body"]["token"]["expires_at"] = "2001-01-01T00:00:00.000000Z"
+    edit_cached_token(state_dir, expire)
+    before = cloud.token_requests(user=USER)
+    r = run(cloud, state_dir, "-vv", env=env)
+    assert r.code == 0, r
+    assert cloud.token_requests(user=USER) - before == 1
+    assert "-> 401" not in r.stdout, r                 # not even tried: it had expired
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"", b"[1, 2]",
+                                     b'{"version": 1, "cache_id": "x", "auth_state": "{}"}'])
+def test_corrupted_cache_means_one_new_login(cloud, own_user, state_dir, content):
+    env = base_env(cloud, state_dir, **own_user)
+    assert run(cloud, state_dir, env=env).code == 0
+    with open(token_file(state_dir), "wb") as f:
+        f.write(content)
+    before = cloud.token_requests(user=USER)
+    r = run(cloud, state_dir, env=env)
+    assert r.code == 0, r
+    assert cloud.token_requests(user=USER) - before == 1
+    assert run(cloud, state_dir, env=env).code == 0
+    assert cloud.token_requests(user=USER) - before == 1
+
+
+def test_cached_token_file_is_never_followed_as_a_symlink(cloud, state_dir, tmp_path):
+    assert run(cloud, state_dir).code == 0
+    path = token_file(state_dir)
+    target = tmp_path / "elsewhere"
+    target.write_text("precious")
+    os.unlink(path)
+    os.symlink(target, path)
+    r = run(cloud, state_dir)
+    assert r.code == 0, r
+    assert target.read_text() == "precious"
+    assert not os.path.islink(path)                    # replaced by a real file of ours
+
+
+# ---------------------------------------------------------------- credentials
+
+def test_clouds_yaml_password_and_application_credential(cloud, state_dir):
+    env = base_env(cloud, state_dir)
+    for key in list(env):
+        if key.startswith("OS_"):
+            del env[key]
+    env.update(OS_CLIENT_CONFIG_FILE=cloud.clouds_yaml, OS_CLIENT_SECURE_FILE=cloud.secure_yaml)
+    r = run(cloud, state_dir, "--os-cloud", "nlc", env=env)
+    assert r.code == 0, r
+    assert_totals(r, placement_totals(cloud))
+    r = run(cloud, state_dir, "-v", env=dict(env, OS_CLOUD="nlc-appcred"))    # $OS_CLOUD
+    assert r.code == 0, r
+    assert_totals(r, placement_totals(cloud))
+    assert f"application credential {cloud.expected['application_credential']['id']}" in r.stdout
+    r = run(cloud, state_dir, "--os-cloud", "no-such-cloud", env=env)
+    assert r.code == 3 and "no-such-cloud" in r.status and len(r.lines) == 1, r
+
+
+def test_application_credential_from_the_environment(cloud, own_app_credential, state_dir):
+    cred = own_app_credential
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+           "NOVA_LIBVIRT_CHECKS_STATE_DIR": state_dir,
+           "OS_AUTH_TYPE": "v3applicationcredential", "OS_AUTH_URL": cloud.env["OS_AUTH_URL"],
+           "OS_APPLICATION_CREDENTIAL_ID": cred["id"],
+           "OS_APPLICATION_CREDENTIAL_SECRET": cred["secret"],
+           "OS_REGION_NAME": cloud.env["OS_REGION_NAME"]}
+    logins = lambda: sum(1 for e in cloud.token_log_entries()   # noqa: E731
+                         if e.get("app_cred") == cred["id"] and e.get("status") == 201)
+    before = logins()
+    for _ in range(3):
+        r = run(cloud, state_dir, "-v", env=env)
+        assert r.code == 0, r
+        assert_totals(r, placement_totals(cloud))
+    assert logins() - before == 1
+    assert f"application credential {cred['id']}" in r.stdout, r
+
+
+def test_wrong_password_is_unknown_in_one_line(cloud, state_dir):
+    r = run(cloud, state_dir, env=base_env(cloud, state_dir, OS_PASSWORD="wrong-pass-5e3a"))
+    assert r.code == 3, r
+    assert len(r.lines) == 1 and r.stderr == "", r
+    assert r.status.startswith("HYPERVISORS UNKNOWN - login to ") and "HTTP 401" in r.status, r
+    assert "wrong-pass-5e3a" not in r.stdout
+
+
+def test_no_secret_in_output_at_any_verbosity(cloud, state_dir):
+    password = cloud.env["OS_PASSWORD"]
+    cred_secret = cloud.expected["application_credential"]["secret"]
+    wrong = "wrong-pass-77c1"
+    outputs = []
+    for verbosity in ("-v", "-vv", "-vvv"):
+        outputs.append(run(cloud, state_dir, verbosity))
+        outputs.append(run(cloud, state_dir, verbosity,
+                           env=base_env(cloud, state_dir, OS_PASSWORD=wrong)))
+        outputs.append(run(cloud, state_dir, verbosity, "--os-cloud", "nlc-appcred",
+                           env=dict(base_env(cloud, state_dir),
+                                    OS_CLIENT_CONFIG_FILE=cloud.clouds_yaml,
+                                    OS_CLIENT_SECURE_FILE=cloud.secure_yaml)))
+        outputs.append(run(cloud, state_dir, verbosity, "--os-region-name", "nowhere"))
+    outputs.append(run(cloud, state_dir, "--help"))
+    tokens = []
+    for name in os.listdir(state_dir):
+        if name.startswith("token-") and name.endswith(".json"):
+            with open(os.path.join(state_dir, name)) as f:
+                tokens.append(json.loads(json.load(f)["auth_state"])["auth_token"])
+    assert len(tokens) == 2                            # password and application credential
+    assert any(r.code == 0 for r in outputs) and any(r.code == 3 for r in outputs)
+    for r in outputs:
+        text = r.stdout + r.stderr
+        for secret in [password, cred_secret, wrong] + tokens:
+            assert secret not in text, (secret[:4] + "...", r)
+
+
+# ---------------------------------------------------------------- failures
+
+def test_nova_api_stopped_is_unknown_within_the_timeout(mutable_cloud, state_dir):
+    cloud = mutable_cloud
+    assert run(cloud, state_dir).code == 0             # a cached token: Keystone is not the issue
+    with cloud.service_stopped("nova-api"):
+        r = run(cloud, state_dir, "-t", "5")
+        assert r.code == 3, r
+        assert r.elapsed < 6, r
+        assert len(r.lines) == 1 and "Nova" in r.status, r
+        assert "connection refused" in r.status, r
+    assert run(cloud, state_dir).code == 0
+
+
+def test_stalled_keystone_is_unknown_within_the_timeout(cloud, state_dir):
+    peer = StalledPeer()
+    try:
+        env = base_env(cloud, state_dir, OS_AUTH_URL=f"http://127.0.0.1:{peer.port}/v3")
+        r = run(cloud, state_dir, "-t", "3", env=env)
+    finally:
+        peer.close()
+    assert r.code == 3, r
+    assert r.elapsed < 3 + 1, r
+    assert len(r.lines) == 1 and f"127.0.0.1:{peer.port}" in r.status, r
+    assert "did not answer within the timeout of 3 s" in r.status, r
+
+
+def test_keystone_unreachable_is_unknown(cloud, state_dir):
+    with socket.socket() as s:                         # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = run(cloud, state_dir, env=base_env(cloud, state_dir,
+                                           OS_AUTH_URL=f"http://127.0.0.1:{port}/v3"))
+    assert r.code == 3 and len(r.lines) == 1, r
+    assert "cannot connect to Keystone" in r.status and "connection refused" in r.status, r
+
+
+def test_endpoint_missing_from_the_catalog(cloud, state_dir):
+    r = run(cloud, state_dir, "--os-region-name", "nowhere")
+    assert r.code == 3 and len(r.lines) == 1, r
+    assert "no compute endpoint (public, region nowhere) in the Keystone catalog" in r.status, r
+    r = run(cloud, state_dir, "--os-region-name", "nowhere", "--source", "placement")
+    assert r.code == 3 and "no placement endpoint" in r.status, r
+
+
+def test_missing_credentials(cloud, state_dir):
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NOVA_LIBVIRT_CHECKS_STATE_DIR": state_dir}
+    r = run(cloud, state_dir, env=env)
+    assert r.code == 3 and len(r.lines) == 1 and "OS_AUTH_URL" in r.status, r
+
+
+def test_forbidden_user_is_unknown(cloud, state_dir):
+    reader = cloud.expected["reader"]
+    env = base_env(cloud, state_dir, OS_USERNAME=reader["username"], OS_PASSWORD=reader["password"],
+                   OS_PROJECT_NAME=reader["project_name"])
+    r = run(cloud, state_dir, env=env)
+    assert r.code == 3 and len(r.lines) == 1, r
+    assert "HTTP 403" in r.status and "os-hypervisors" in r.status, r
+
+
+@pytest.mark.parametrize("args, option", [
+    (["-w", "vcpus=80"], "-w/--warning"),                    # % used needs its %
+    (["-c", "memory_free=64Gi"], "-c/--critical"),           # would alert on MORE free
+    (["-c", "memory_free=64:"], "-c/--critical"),            # a size needs a unit
+    (["-w", "cpus=80%"], "-w/--warning"),
+    (["-w", "vcpus=eighty%"], "-w/--warning"),
+    (["--hypervisor-warning", "disk_free=5%"], "--hypervisor-warning"),
+    (["--flavor", "m1.small", "--flavor-critical", "3"], "--flavor-critical"),
+    (["--down-critical", "x"], "--down-critical"),
+    (["--disabled-warning", "1:0:"], "--disabled-warning"),
+    (["--hypervisor", "comp("], "--hypervisor"),
+    (["--source", "magic"], "--source"),
+    (["-t", "0"], "-t/--timeout"),
+])
+def test_invalid_arguments_are_unknown_naming_the_option(cloud, own_user, state_dir, args, option):
+    before = cloud.token_requests(user=USER)
+    r = run(cloud, state_dir, *args, env=base_env(cloud, state_dir, **own_user))
+    assert r.code == 3, r
+    assert len(r.lines) == 1 and r.status.startswith("HYPERVISORS UNKNOWN - invalid argument"), r
+    assert option in r.status, r
+    assert cloud.token_requests(user=USER) == before        # no login for a bad command line
+
+
+def test_module_imports_cheaply():
+    code = ("import sys; sys.path.insert(0, 'lib'); import nova_libvirt_checks.hypervisors; "
+            "import nova_libvirt_checks.openstack; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('keystoneauth1', 'novaclient', 'openstack', 'requests')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out
+
+
+# ---------------------------------------------------------------- answers the real cloud never gives
+# A stand-in HTTP server for what a healthy Nova / Placement cannot be made to do on demand (a
+# 5xx, malformed JSON, a Nova older than 2.53, pages of hypervisors). keystoneauth's `none` auth
+# type with --os-endpoint sends every service to it, so no cloud is needed.
+
+class StubCloud:
+    def __init__(self, hypervisors=3, max_microversion="2.104", page_size=1000, fail=None):
+        import http.server
+        stub = self
+        self.hypervisors = [{"id": f"00000000-0000-4000-8000-{i:012d}", "name": f"hv{i}",
+                             "vcpus": 8, "used": i} for i in range(1, hypervisors + 1)]
+        self.max_microversion = max_microversion
+        self.page_size = page_size
+        self.fail = fail or {}          # path fragment -> (status, body bytes)
+        self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                stub.seen.append((self.path, self.headers.get("OpenStack-API-Version")))
+                status, body = stub.answer(self.path, self.headers.get("OpenStack-API-Version") or "")
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/v2.1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def answer(self, path, version):
+        for fragment, (status, body) in self.fail.items():
+            if fragment in path:
+                return status, body
+        if "/os-hypervisors/detail" in path:
+            wanted = version.split()[-1] if version.startswith("compute") else "2.1"
+            if tuple(map(int, wanted.split("."))) > tuple(map(int, self.max_microversion.split("."))):
+                return 406, json.dumps({"computeFault": {"code": 406, "message": (
+                    f"Version {wanted} is not supported by the API. Minimum is 2.1 and maximum "
+                    f"is {self.max_microversion}.")}}).encode()
+            legacy = wanted == "2.1"
+            start = 0
+            if "marker=" in path:
+                marker = path.split("marker=")[1]
+                start = [h["id"] for h in self.hypervisors].index(marker) + 1
+            page = self.hypervisors if legacy else self.hypervisors[start:start + self.page_size]
+            body = {"hypervisors": [{
+                "id": i + 1 if legacy else h["id"], "hypervisor_hostname": h["name"],
+                "state": "up", "status": "enabled",
+                "service": {"host": h["name"], "id": 1, "disabled_reason": None},
+                "vcpus": h["vcpus"], "vcpus_used": h["used"], "memory_mb": 1024,
+                "memory_mb_used": 512, "local_gb": 10, "local_gb_used": 1}
+                for i, h in enumerate(page)]}
+            if not legacy and start + self.page_size < len(self.hypervisors):
+                body["hypervisors_links"] = [{"rel": "next", "href": "..."}]
+            return 200, json.dumps(body).encode()
+        if path.endswith("/resource_providers"):
+            return 200, json.dumps({"resource_providers": [
+                {"uuid": h["id"], "name": h["name"]} for h in self.hypervisors]}).encode()
+        for h in self.hypervisors:
+            if h["id"] in path and path.endswith("/inventories"):
+                return 200, json.dumps({"inventories": {"VCPU": {
+                    "total": h["vcpus"], "reserved": 0, "allocation_ratio": 2.0, "min_unit": 1,
+                    "max_unit": h["vcpus"], "step_size": 1}}}).encode()
+            if h["id"] in path and path.endswith("/usages"):
+                return 200, json.dumps({"usages": {"VCPU": h["used"]}}).encode()
+        return 404, b'{"error": "not found"}'
+
+    def run(self, tmp_path, *args):
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+               "NOVA_LIBVIRT_CHECKS_STATE_DIR": str(tmp_path / "state")}
+        started = time.monotonic()
+        proc = subprocess.run([sys.executable, CHECK, "--os-auth-type", "none", "--os-endpoint",
+                               self.url] + list(args), cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=30)
+        return Result(proc, time.monotonic() - started)
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def stub():
+    made = []
+
+    def make(**kwargs):
+        made.append(StubCloud(**kwargs))
+        return made[-1]
+    yield make
+    for s in made:
+        s.close()
+
+
+def test_stub_nova_5xx_is_unknown(stub, tmp_path):
+    s = stub(fail={"/os-hypervisors/detail": (500, json.dumps(
+        {"computeFault": {"code": 500, "message": "Unexpected API Error."}}).encode())})
+    r = s.run(tmp_path)
+    assert r.code == 3 and len(r.lines) == 1, r
+    assert r.status == ("HYPERVISORS UNKNOWN - Nova failed: HTTP 500 for GET /os-hypervisors/detail: "
+                        "Unexpected API Error."), r
+
+
+def test_stub_placement_5xx_is_unknown(stub, tmp_path):
+    s = stub(fail={"/usages": (503, b'{"errors": [{"status": 503, "title": "Service Unavailable",'
+                                     b' "detail": "placement is resting"}]}')})
+    r = s.run(tmp_path)
+    assert r.code == 3 and len(r.lines) == 1, r
+    assert "Placement failed: HTTP 503 for GET /resource_providers/" in r.status, r
+    assert "placement is resting" in r.status, r
+
+
+def test_stub_malformed_json_is_unknown(stub, tmp_path):
+    s = stub(fail={"/os-hypervisors/detail": (200, b"<html>a proxy's error page</html>")})
+    r = s.run(tmp_path)
+    assert r.code == 3 and len(r.lines) == 1, r
+    assert "Nova answered GET /os-hypervisors/detail with malformed JSON" in r.status, r
+    s = stub(fail={"/os-hypervisors/detail": (200, b'{"hypervisors": "not a list"}')})
+    r = s.run(tmp_path)
+    assert r.code == 3 and "without a 'hypervisors' list" in r.status, r
+
+
+def test_stub_old_nova_falls_back_to_2_1(stub, tmp_path):
+    s = stub(max_microversion="2.25")
+    r = s.run(tmp_path, "-v")
+    assert r.code == 0, r
+    assert "Nova microversion 2.1" in r.stdout, r
+    # ids are integers at 2.1: Placement providers are found by name
+    assert value(r, "vcpus_used") == 1 + 2 + 3 and value(r, "vcpus_capacity") == 3 * 16, r
+    versions = [v for path, v in s.seen if "os-hypervisors" in path]
+    assert versions == ["compute 2.53", "compute 2.1"], s.seen
+
+
+def test_stub_pages_of_hypervisors(stub, tmp_path):
+    s = stub(hypervisors=5, page_size=2)
+    r = s.run(tmp_path, "--perfdata-per-hypervisor")
+    assert r.code == 0, r
+    assert value(r, "hypervisors") == 5 and value(r, "vcpus_used") == 15, r
+    assert all(f"hv{i}.vcpus_used" in r.perf for i in range(1, 6)), r
+    assert len([p for p, _v in s.seen if "os-hypervisors" in p]) == 3, s.seen
