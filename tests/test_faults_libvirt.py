@@ -658,7 +658,7 @@ def test_slow_libvirtd(libvirtd, rpc_proxy, state_dir):
     daemon = run_check("check_libvirtd", "-U", slow.uri, "-w", "0.5", "-c", "30")
     assert_plugin_output(daemon, 1)
     print("OPERATOR SEES:", daemon.status_line.split(" | ")[0])
-    assert re.match(r"LIBVIRTD WARNING - response time \d\.\d{3} s outside 0.5 - ", daemon.text), daemon.text
+    assert re.match(r"LIBVIRTD WARNING - response time \d\.\d{3} s > 0.500 s - ", daemon.text), daemon.text
     assert daemon.values()["time"] > 0.5
     inst = instances(state_dir, "-U", slow.uri, "--domain", GUESTS, "--interval", "0.5")
     assert_plugin_output(inst, 0)

@@ -35,12 +35,12 @@ def test_domain_state_thresholds():
     result = run_check("check_libvirtd", "-U", NODE_URI, "--domains-warning", "paused=0",
                        "--domains-critical", "crashed=0")
     assert_plugin_output(result, 1)
-    assert "1 paused domains" in result.text
+    assert "paused domains 1 > 0" in result.text
     assert result.perfdata["domains_paused"] == "domains_paused=1;0;;0"
     assert result.perfdata["domains_crashed"] == "domains_crashed=0;;0;0"
     critical = run_check("check_libvirtd", "-U", NODE_URI, "--domains-critical", "running=8:")
     assert_plugin_output(critical, 2)
-    assert "7 running domains" in critical.text
+    assert "running domains 7 < 8" in critical.text
 
 
 def test_response_time_thresholds():

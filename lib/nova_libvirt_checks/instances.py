@@ -20,7 +20,8 @@ from .metadata import NovaInstance
 from .perfdata import label, token
 from .rates import METRICS, gauges, rates, to_state
 from .state import StateError, StateFile, boot_id, file_for
-from .thresholds import COUNT_UNITS, PLAIN_UNITS, SIZE_UNITS, named_range_type, state_of
+from .thresholds import (COUNT_UNITS, PLAIN_UNITS, SIZE_UNITS, breach, describe_breach,
+                         named_range_type)
 
 NAME = "INSTANCES"
 STATE_NAMES = ("nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed",
@@ -397,21 +398,13 @@ def _human(metric, value):
             return f"{text} {prefix}B/s" if kind == "bytes" else f"{text}{prefix}/s"
 
 
-def _violation(metric, value, rng):
-    if rng.invert:
-        return f"{_human(metric, value)} inside {_human(metric, rng.start)}..{_human(metric, rng.end)}"
-    if value > rng.end:
-        return f"{_human(metric, value)} > {_human(metric, rng.end)}"
-    return f"{_human(metric, value)} < {_human(metric, rng.start)}"
-
-
 def _judge(values, warning, critical):
     problems = []
     for metric, value in values.items():
-        state = state_of(value, warning.get(metric), critical.get(metric))
+        state, limit = breach(value, warning.get(metric), critical.get(metric))
         if state:
-            limit = critical[metric] if state == plugin.CRITICAL else warning[metric]
-            problems.append((state, f"{METRICS[metric].text} {_violation(metric, value, limit)}"))
+            text = describe_breach(value, limit, lambda v, m=metric: _human(m, v))
+            problems.append((state, f"{METRICS[metric].text} {text}"))
     return problems
 
 

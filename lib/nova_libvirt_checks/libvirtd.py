@@ -5,7 +5,7 @@ from . import plugin
 from .connection import (DOMAIN_STATES, STATE_WORDS, call_error, default_uri, libvirt_module,
                          open_connection, version_string)
 from .perfdata import token
-from .thresholds import NUMBERS, TIME_UNITS, named_range_type, range_type, state_of
+from .thresholds import NUMBERS, TIME_UNITS, breach, describe_breach, named_range_type, range_type
 
 NAME = "LIBVIRTD"
 COUNTED = list(DOMAIN_STATES.values()) + ["total"]
@@ -61,17 +61,16 @@ def measure(args):
 
     warn = dict(args.domains_warning)
     crit = dict(args.domains_critical)
-    time_state = state_of(elapsed, args.warning, args.critical)
     problems = []
-    if time_state:
-        problems.append((time_state, f"response time {elapsed:.3f} s outside "
-                         f"{args.critical if time_state == 2 else args.warning}"))
+    state, limit = breach(elapsed, args.warning, args.critical)
+    if state:
+        problems.append((state, "response time " + describe_breach(
+            elapsed, limit, lambda s: f"{s:g} s" if s == int(s) or s >= 1 else f"{s:.3f} s")))
     for state_name in COUNTED:
-        state = state_of(counts[state_name], warn.get(state_name), crit.get(state_name))
+        state, limit = breach(counts[state_name], warn.get(state_name), crit.get(state_name))
         if state:
-            limit = crit[state_name] if state == 2 else warn[state_name]
-            problems.append((state, f"{counts[state_name]} {STATE_WORDS.get(state_name, state_name)}"
-                             f" domains outside {limit}"))
+            words = "domains" if state_name == "total" else f"{STATE_WORDS.get(state_name, state_name)} domains"
+            problems.append((state, f"{words} {describe_breach(counts[state_name], limit)}"))
     overall = max([state for state, _ in problems], default=plugin.OK)
 
     by_state = ", ".join(f"{counts[s]} {STATE_WORDS.get(s, s)}"

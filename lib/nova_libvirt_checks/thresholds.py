@@ -129,3 +129,18 @@ def state_of(value, warning=None, critical=None):
     if warning is not None and not warning.match(value):
         return 1
     return 0
+
+
+def breach(value, warning=None, critical=None):
+    """(state, the range that was broken) for a value; (0, None) when it keeps to both."""
+    state = state_of(value, warning, critical)
+    return state, {0: None, 1: warning, 2: critical}[state]
+
+
+def describe_breach(value, rng, show=format_number):
+    """How a value breaks a range, in the operator's terms: '12 > 10', '3 < 5', '15 inside 10..20'."""
+    if rng.invert:
+        return f"{show(value)} inside {show(rng.start)}..{show(rng.end)}"
+    if value > rng.end:
+        return f"{show(value)} > {show(rng.end)}"
+    return f"{show(value)} < {show(rng.start)}"
