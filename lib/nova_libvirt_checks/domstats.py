@@ -18,6 +18,10 @@ from typing import Dict, Optional
 from .connection import DOMAIN_STATES
 
 ACTIVE_STATES = {1, 2, 3, 7}        # running, blocked, paused, pmsuspended: have live counters
+# NOWAIT leaves out what needs the domain's job while another client holds it (nova-compute,
+# ceilometer, collectd asking block or balloon stats: milliseconds): such domains are asked
+# again after these pauses, so that a run keeps every counter and every perfdata label
+RETRY_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.4)
 
 _BLOCK_FIELDS = (("rd.bytes", "rd_bytes"), ("rd.reqs", "rd_ops"),
                  ("wr.bytes", "wr_bytes"), ("wr.reqs", "wr_ops"))
@@ -80,6 +84,8 @@ class Sampler:
             if exc.get_error_code() not in (lv.VIR_ERR_INVALID_ARG, lv.VIR_ERR_NO_SUPPORT):
                 raise
             records = self.conn.getAllDomainStats(groups, 0)   # a daemon older than NOWAIT
+        else:
+            records = self._complete(records, groups)
         now = time.monotonic()
         samples, domains = {}, {}
         for dom, record in records:
@@ -90,6 +96,23 @@ class Sampler:
             samples[sample.uuid] = sample
             domains[sample.uuid] = dom
         return samples, domains
+
+    def _complete(self, records, groups):
+        """Ask the domains whose record lacks its job's fields again (NOWAIT, briefly): a domain
+        in a long job (migration, a hung monitor) stays partial, as NOWAIT intends."""
+        for delay in RETRY_DELAYS:
+            partial = [dom for dom, record in records if _skipped_job_fields(record)]
+            if not partial:
+                break
+            time.sleep(delay)
+            try:
+                again = self.conn.domainListGetStats(
+                    partial, groups, self.libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
+            except self.libvirt.libvirtError:
+                break               # a domain went away meanwhile: keep what we have
+            fresher = {dom.UUIDString(): (dom, record) for dom, record in again}
+            records = [fresher.get(dom.UUIDString(), (dom, record)) for dom, record in records]
+        return records
 
     def _per_domain(self):
         lv = self.libvirt
@@ -137,6 +160,17 @@ class Sampler:
         except lv.libvirtError:
             memory = {}
         _memory_gauges(memory.get("available"), memory.get("usable", memory.get("unused")), sample)
+
+
+def _skipped_job_fields(record):
+    """Whether NOWAIT left out the fields that need the domain's job: the block counters (all
+    disks at once) and the balloon figures (balloon.rss is there whenever the job was had)."""
+    if record.get("state.state") not in ACTIVE_STATES:
+        return False
+    blocks = record.get("block.count", 0)
+    if blocks and not any(f"block.{i}.rd.reqs" in record for i in range(blocks)):
+        return True
+    return "balloon.current" in record and "balloon.rss" not in record
 
 
 def _read_record(record, sample):

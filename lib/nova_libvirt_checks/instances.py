@@ -289,7 +289,7 @@ def measure(args):
 
     for inst in chosen:
         _measure(inst, samples.get(inst.uuid), previous.get(inst.uuid), baseline_in_run)
-    notes = list(dict.fromkeys(store.notes + _save(store, samples, names)))
+    notes = list(dict.fromkeys(store.notes + _save(store, samples, names, args.max_age)))
     return evaluate(args, chosen, host_cpus, sampler.used_mode, notes)
 
 
@@ -359,7 +359,16 @@ def _instance(libvirt, names, uuid, dom, sample):
                     or sample.vcpus, note=f"not measured: {sample.error}" if sample.error else None)
 
 
-def _save(store, samples, names):
+def _less_complete(sample, stored, max_age):
+    """Whether `sample` lacks counters that the stored sample of the same domain run has
+    (NOWAIT left out a busy domain's block stats): keeping the stored one gives the next run
+    its rates. Only within half --max-age, so an unplugged device does not pin an old sample."""
+    return (isinstance(stored, dict) and stored.get("id") == sample.id
+            and 0 <= sample.time - stored.get("t", -1e18) <= max_age / 2
+            and not set(stored.get("c") or {}) <= set(sample.counters))
+
+
+def _save(store, samples, names, max_age):
     """Store this run's samples and names; merge with what concurrent runs stored meanwhile."""
     def change(current):
         current = _this_boot(current) or {"version": STATE_VERSION, "boot": boot_id()}
@@ -369,7 +378,8 @@ def _save(store, samples, names):
         for uuid, sample in samples.items():
             theirs = stored.get(uuid)
             if sample.counters and not (isinstance(theirs, dict) and sample.time < theirs["t"] <= now
-                                        and theirs.get("id") == sample.id):
+                                        and theirs.get("id") == sample.id) \
+                    and not _less_complete(sample, theirs, max_age):
                 result[uuid] = to_state(sample)
             elif isinstance(theirs, dict):
                 result[uuid] = theirs
