@@ -1,0 +1,115 @@
+<?php
+/* PNP4Nagios graph template for check_libvirtd (nova-libvirt-checks).
+ *
+ * Install as share/templates/libvirtd.php (service check command `libvirtd`: Icinga 2 direct
+ * or agent, Nagios direct); nrpe_libvirtd.php includes it for checks through NRPE.
+ * Perfdata: time (s, with the -w/-c thresholds), domains_<state> and domains (counts).
+ * check_commands/libvirtd.cfg stores one RRD per label (MULTIPLE); this template reads every
+ * value from $RRDFILE[$i] data source $DS[$i], so it works with SINGLE files too.
+ * Plain PHP (5.3 and later), no PNP helper classes: tests/test_icinga.py runs it with php-cli
+ * on real perfdata and draws the graphs with rrdtool.
+ */
+if (!is_array($def)) { $def = array(); }
+if (!is_array($opt)) { $opt = array(); }
+if (!is_array($ds_name)) { $ds_name = array(); }
+
+$nlc_index = array();                      /* perfdata label -> data source number */
+foreach ($NAME as $nlc_i => $nlc_name) {
+    $nlc_index[$nlc_name] = $nlc_i;
+}
+$nlc_host = isset($hostname) ? $hostname : '';
+
+/* rrdtool text: no quotes, colons escaped */
+$nlc_text = function ($text) {
+    return str_replace(array('"', ':'), array("'", '\:'), $text);
+};
+/* DEF of label $label as variable $vname */
+$nlc_def = function ($vname, $i) use (&$RRDFILE, &$DS) {
+    return "DEF:$vname=" . $RRDFILE[$i] . ":" . $DS[$i] . ":AVERAGE ";
+};
+/* a threshold for people: (100000000, 1000, 'B/s') -> "100 MB/s",
+   (68719476736, 1024, 'B') -> "64 GiB", (90, 0, '%') -> "90%" */
+$nlc_amount = function ($value, $base, $unit) {
+    $v = (float) $value;
+    $prefixes = array('', 'k', 'M', 'G', 'T', 'P');
+    $p = 0;
+    while ($base && abs($v) >= $base && $p < 5) {
+        $v /= $base;
+        $p++;
+    }
+    $text = rtrim(rtrim(sprintf('%.2f', $v), '0'), '.');
+    $prefix = $p ? $prefixes[$p] . ($base == 1024 ? 'i' : '') : '';
+    $glue = ($prefix === '' && ($unit === '' || $unit[0] == '%' || $unit[0] == '/')) ? '' : ' ';
+    return $text . $glue . $prefix . $unit;
+};
+/* HRULEs at the warning and critical thresholds of data source $i: a plain value or the
+   upper bound of a range alerts above, the lower bound below; an inside (@) range between */
+$nlc_thresholds = function ($i, $unit, $what = '', $base = 0) use (&$WARN, &$WARN_MIN, &$WARN_MAX, &$WARN_RANGE_TYPE, &$CRIT, &$CRIT_MIN, &$CRIT_MAX, &$CRIT_RANGE_TYPE, $nlc_amount) {
+    $out = '';
+    foreach (array(array('warning', '#FFC000', $WARN, $WARN_MIN, $WARN_MAX, $WARN_RANGE_TYPE),
+                   array('critical', '#FF0000', $CRIT, $CRIT_MIN, $CRIT_MAX, $CRIT_RANGE_TYPE)) as $t) {
+        $inside = is_array($t[5]) && isset($t[5][$i]) && $t[5][$i] == 'inside';
+        foreach (array(array($t[2], 'above'), array($t[3], $inside ? 'from' : 'below'),
+                       array($t[4], $inside ? 'to' : 'above')) as $bound) {
+            $source = $bound[0];
+            if (is_array($source) && isset($source[$i]) && is_numeric($source[$i])) {
+                $shown = str_replace(':', '\:', $nlc_amount($source[$i], $base, $unit));
+                $out .= "HRULE:" . $source[$i] . $t[1] . ":\"" . trim("$what " . $t[0]) . " " .
+                    $bound[1] . " $shown\\n\" ";
+            }
+        }
+    }
+    return $out;
+};
+
+$nlc_n = 0;
+
+/* response time */
+if (isset($nlc_index['time'])) {
+    $i = $nlc_index['time'];
+    $nlc_n++;
+    $ds_name[$nlc_n] = 'response time';
+    $opt[$nlc_n] = "--vertical-label seconds --lower-limit 0 --title \"" .
+        $nlc_text("libvirtd response time, $nlc_host") . "\" ";
+    $def[$nlc_n] = $nlc_def('t', $i) .
+        "AREA:t#8CC8FF:\"answered in\" " .
+        "LINE1:t#1F78B4 " .
+        "GPRINT:t:LAST:\"last %6.3lf %ss\" " .
+        "GPRINT:t:AVERAGE:\"average %6.3lf %ss\" " .
+        "GPRINT:t:MAX:\"max %6.3lf %ss\\n\" " .
+        $nlc_thresholds($i, 's');
+}
+
+/* domains by state: stacked, with the total as a line */
+$nlc_states = array('running' => '#33A02C', 'blocked' => '#FF7F00', 'paused' => '#FFD92F',
+                    'shutdown' => '#A6CEE3', 'shutoff' => '#B2B2B2', 'crashed' => '#E31A1C',
+                    'pmsuspended' => '#6A3D9A', 'nostate' => '#8C564B');
+$nlc_graph = '';
+$nlc_first = true;
+foreach ($nlc_states as $state => $color) {
+    if (!isset($nlc_index["domains_$state"])) {
+        continue;
+    }
+    $i = $nlc_index["domains_$state"];
+    $nlc_graph .= $nlc_def("d_$state", $i) .
+        "AREA:d_$state$color:\"" . sprintf('%-12s', $state) . "\"" . ($nlc_first ? '' : ':STACK') . " " .
+        "GPRINT:d_$state:LAST:\"%4.0lf\" " .
+        "GPRINT:d_$state:MAX:\"max %4.0lf\\n\" " .
+        $nlc_thresholds($i, '', "$state domains");
+    $nlc_first = false;
+}
+if (isset($nlc_index['domains'])) {
+    $i = $nlc_index['domains'];
+    $nlc_graph .= $nlc_def('d_total', $i) .
+        "LINE2:d_total#000000:\"" . sprintf('%-12s', 'total') . "\" " .
+        "GPRINT:d_total:LAST:\"%4.0lf\" " .
+        "GPRINT:d_total:MAX:\"max %4.0lf\\n\" " .
+        $nlc_thresholds($i, '', 'domains');
+}
+if ($nlc_graph !== '') {
+    $nlc_n++;
+    $ds_name[$nlc_n] = 'domains';
+    $opt[$nlc_n] = "--vertical-label domains --lower-limit 0 --title \"" .
+        $nlc_text("libvirt domains by state, $nlc_host") . "\" ";
+    $def[$nlc_n] = $nlc_graph;
+}
