@@ -458,7 +458,10 @@ def evaluate(args, instances, host_cpus, mode, notes):
         long_output.append(f"stats: {mode} path, {len(instances)} selected, host CPUs {host_cpus}")
     report = plugin.Report(overall, summary, long_output,
                            _perfdata(args.perfdata, instances, totals, warning, critical, args))
-    return _bounded(report, args, instances, totals, warning, critical)
+    lighter = ((_perfdata(mode, instances, totals, warning, critical, args),   # built only if needed
+                f"(perfdata cut to {mode} to stay under {args.max_output} bytes)")
+               for mode in ("offenders", "totals") if args.perfdata in ("all", "offenders") and mode != args.perfdata)
+    return plugin.fit(NAME, report, args.max_output, lighter)
 
 
 def _summary(instances, offenders, total_problems, totals, unmeasured, measured):
@@ -534,31 +537,6 @@ def _token(name, metric, value, warning, critical):
     spec = METRICS[metric]
     return token(name, round(value, 2 if spec.kind == "percent" else 1), spec.unit, warning, critical,
                  0, 100 if spec.kind == "percent" else None)
-
-
-def _bounded(report, args, instances, totals, warning, critical):
-    """Keep the output under --max-output: first drop per-instance perfdata of instances within
-    limits, then per-instance perfdata altogether, then long output lines."""
-    def size():
-        return len(plugin.render(NAME, report).encode("utf-8"))
-    if size() <= args.max_output:
-        return report
-    for mode in ("offenders", "totals"):
-        if args.perfdata in ("all", "offenders") and mode != args.perfdata:
-            report.perfdata = _perfdata(mode, instances, totals, warning, critical, args)
-            note = f"(perfdata cut to {mode} to stay under {args.max_output} bytes)"
-            if size() + len(note) < args.max_output:
-                report.long_output.append(note)
-                return report
-    while report.long_output and size() > args.max_output:
-        report.long_output.pop()
-    if size() > args.max_output:
-        report.perfdata = []
-    excess = size() - args.max_output
-    if excess > 0:
-        encoded = plugin.plain(report.summary).encode("utf-8")
-        report.summary = encoded[:max(0, len(encoded) - excess - 3)].decode("utf-8", "ignore") + "\u2026"
-    return report
 
 
 def timeout_message(args):

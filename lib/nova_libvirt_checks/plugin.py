@@ -65,6 +65,30 @@ def render(name, report):
     return "\n".join([line] + [plain(extra) for extra in report.long_output]) + "\n"
 
 
+def fit(name, report, max_bytes, lighter_perfdata=()):
+    """Keep the rendered output within `max_bytes` (NRPE carries 64 KB, v2 clients 1 KB,
+    Nagios Core keeps about 8 KB): try each `(perfdata, note)` of `lighter_perfdata` in turn,
+    (an iterable, consumed only while needed), then drop long output lines from the end, then all perfdata, then clip the status line."""
+    def size():
+        return len(render(name, report).encode("utf-8"))
+    if size() <= max_bytes:
+        return report
+    for perfdata, note in lighter_perfdata:
+        report.perfdata = perfdata
+        if size() + len(note) + 1 <= max_bytes:
+            report.long_output.append(note)
+            return report
+    while report.long_output and size() > max_bytes:
+        report.long_output.pop()
+    if size() > max_bytes:
+        report.perfdata = []
+    excess = size() - max_bytes
+    if excess > 0:
+        encoded = plain(report.summary).encode("utf-8")
+        report.summary = encoded[:max(0, len(encoded) - excess - 3)].decode("utf-8", "ignore") + "\u2026"
+    return report
+
+
 _emit_lock = threading.RLock()
 _emitted = False
 
