@@ -53,7 +53,9 @@ class DomainSample:
 
 class Sampler:
     def __init__(self, libvirt, conn, mode="auto", devices=None):
-        """`devices(dom) -> (disks, nics)` names a domain's devices for the per-domain path."""
+        """`devices(dom)` describes a domain for the per-domain path: a dict with the target
+        names of its "disks" and "nics", in which the sampler notes "balloon": False once the
+        domain answered memoryStats with nothing (no balloon driver), so as not to ask again."""
         self.libvirt = libvirt
         self.conn = conn
         self.mode = mode
@@ -137,8 +139,8 @@ class Sampler:
 
     def _read_devices(self, dom, sample):
         lv = self.libvirt
-        disks, nics = self.devices(dom)
-        for disk in disks:
+        layout = self.devices(dom)
+        for disk in layout["disks"]:
             try:
                 rd_ops, rd_bytes, wr_ops, wr_bytes, _errs = dom.blockStats(disk)
             except lv.libvirtError:
@@ -147,7 +149,7 @@ class Sampler:
                                ("wr_bytes", wr_bytes), ("wr_ops", wr_ops)):
                 if value >= 0:
                     sample.counters[f"disk:{disk}:{key}"] = value
-        for nic in nics:
+        for nic in layout["nics"]:
             try:
                 values = dom.interfaceStats(nic)
             except lv.libvirtError:
@@ -155,10 +157,13 @@ class Sampler:
             for (_, key), value in zip(_NET_FIELDS, values):
                 if value >= 0:
                     sample.counters[f"net:{nic}:{key}"] = value
-        try:
-            memory = dom.memoryStats()
-        except lv.libvirtError:
-            memory = {}
+        memory = {}
+        if layout.get("balloon", True):
+            try:
+                memory = dom.memoryStats()
+            except lv.libvirtError:
+                pass
+            layout["balloon"] = bool(memory)
         _memory_gauges(memory.get("available"), memory.get("usable", memory.get("unused")), sample)
 
 

@@ -18,7 +18,7 @@ from .connection import STATE_WORDS, call_error, default_uri, libvirt_module, op
 from .domstats import Sampler
 from .metadata import NovaInstance
 from .perfdata import label, token
-from .rates import METRICS, gauges, rates, to_state
+from .rates import METRICS, comparable, gauges, rates, to_state
 from .state import StateError, StateFile, boot_id, file_for
 from .thresholds import (COUNT_UNITS, PLAIN_UNITS, SIZE_UNITS, breach, describe_breach,
                          named_range_type)
@@ -172,8 +172,7 @@ class Names:
         return self.entries[uuid]
 
     def devices(self, dom):
-        entry = self.entry(dom.UUIDString(), dom)
-        return entry["disks"], entry["nics"]
+        return self.entry(dom.UUIDString(), dom)
 
     def nova(self, uuid, dom):
         return NovaInstance.from_dict(self.entry(uuid, dom)["nova"])
@@ -279,7 +278,7 @@ def measure(args):
     previous = {uuid: entry for uuid, entry in (memory.get("samples") or {}).items()
                 if isinstance(entry, dict) and 0 <= now - entry.get("t", -1e18) <= args.max_age}
     without_baseline = [i for i in chosen if samples[i.uuid].active and not samples[i.uuid].error
-                        and not rates(previous.get(i.uuid), samples[i.uuid], 1)]
+                        and not comparable(previous.get(i.uuid), samples[i.uuid])]
     baseline_in_run = bool(without_baseline) and 0 < args.interval < args.timeout / 2
     if baseline_in_run:
         first = samples

@@ -34,9 +34,22 @@ METRICS = {m.name: m for m in (
 )}
 
 
+# (device kind, counter field) -> the metric it adds to
+_BY_FIELD = {(m.device, f): m.name for m in METRICS.values() for f in m.fields}
+
+
 def to_state(sample):
     """What a later run needs of a sample."""
     return {"t": sample.time, "id": sample.id, "c": sample.counters}
+
+
+def comparable(previous, sample):
+    """Whether a stored sample gives rates with this one: same run of the domain, earlier,
+    and at least one counter that did not go backwards."""
+    if not previous or previous.get("id") != sample.id or sample.time - previous.get("t", sample.time) <= 0:
+        return False
+    old = previous.get("c") or {}
+    return any(isinstance(old.get(key), int) and value >= old[key] for key, value in sample.counters.items())
 
 
 def rates(previous, sample, vcpus):
@@ -55,14 +68,15 @@ def rates(previous, sample, vcpus):
             deltas[key] = value - before
     result = {}
     if "cpu" in deltas and vcpus:
-        result["cpu"] = deltas["cpu"] / (elapsed * 1e9 * vcpus) * 100
-    for metric in METRICS.values():
-        if not metric.device:
-            continue
-        values = [delta for key, delta in deltas.items()
-                  if key.startswith(metric.device + ":") and key.rsplit(":", 1)[1] in metric.fields]
-        if values:
-            result[metric.name] = sum(values) / elapsed
+        result["cpu"] = deltas.pop("cpu") / (elapsed * 1e9 * vcpus) * 100
+    for key, delta in deltas.items():
+        device, _, field = key.partition(":")
+        metric = _BY_FIELD.get((device, field.rpartition(":")[2]))
+        if metric:
+            result[metric] = result.get(metric, 0) + delta
+    for metric in result:
+        if metric != "cpu":
+            result[metric] /= elapsed
     return result
 
 
