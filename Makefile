@@ -41,8 +41,10 @@ demo: venv
 	@./checks/check_libvirtd -U test:///default; echo "(exit $$?)"
 	@echo '$$ ./checks/check_libvirtd -U test://$(NODE) --domains-warning paused=0 --domains-critical crashed=0'
 	@./checks/check_libvirtd -U test://$(NODE) --domains-warning paused=0 --domains-critical crashed=0; echo "(exit $$?)"
-	@echo '$$ ./checks/check_libvirt_instances -U test://$(NODE) -w disk_write_bytes=20K -c cpu=95'
-	@./checks/check_libvirt_instances -U test://$(NODE) -w disk_write_bytes=20K -c cpu=95 --top 5; echo "(exit $$?)"
+	@echo '$$ ./checks/check_libvirt_instances -U test://$(NODE) -w disk_write_bytes=20K -c cpu=95 --tenant acme'
+	@./checks/check_libvirt_instances -U test://$(NODE) -w disk_write_bytes=20K -c cpu=95 --tenant acme; echo "(exit $$?)"
+	@echo '$$ ./checks/check_libvirt_instances -U test://$(NODE) --perfdata totals --top 4'
+	@./checks/check_libvirt_instances -U test://$(NODE) --perfdata totals --top 4; echo "(exit $$?)"
 
 test: apt-services venv
 	$(PY) -m pytest $(PYTEST_ARGS)
