@@ -18,14 +18,22 @@ Nova and Placement legitimately differ, and the check says which one it used:
 Totals, limits on the cloud and flavor room count the up-and-enabled hypervisors only: the
 capacity the scheduler can place onto. Down and disabled ones are counted and named apart.
 
+Answers are checked, not trusted (docs/faults-nova.md): a number is a JSON number, finite,
+0..2**53 (not NaN, not true, not "12"); a hypervisor whose usage data is not usable is left
+out of the totals as a whole and named with the reason (WARNING, UNKNOWN when none is
+usable); a malformed list, flavor or aggregate is UNKNOWN; paging never repeats a marker.
+
 The calls are plain keystoneauth session requests with microversion headers, not
 python-novaclient: it has no Placement client anyway, importing novaclient.v2 costs about
 60 ms more per run (measured), and its hypervisor objects add nothing to the JSON.
 """
 import argparse
+import json
 import math
 import re
 import time
+import urllib.parse
+import warnings
 
 from . import plugin
 from .perfdata import Labels, label, token
@@ -42,6 +50,8 @@ NOVA_MICROVERSION = "2.53"         # the newest with the legacy usage fields and
 FLAVOR_MICROVERSION = "2.61"       # flavors with their extra specs (resources:CLASS=N)
 PLACEMENT_MICROVERSION = "1.0"     # inventories and usages are all we need
 POOL_SIZE = 8
+NOT_THERE = object()               # what conn.get returns for a status that is an answer (404,
+                                   # 406): never a JSON body, not even `null`
 
 
 # ---------------------------------------------------------------- arguments
@@ -108,10 +118,21 @@ def fits_type(text):
 
 
 def _regex(text):
+    # a pattern Python warns about (FutureWarning: "Possible nested set") is refused: the
+    # warning would go to stderr, which Icinga 2 appends to the plugin output
     try:
-        return re.compile(text)
-    except re.error as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            return re.compile(text)
+    except (re.error, Warning) as exc:
         _fail(f"not a valid regular expression {text!r}: {exc}")
+
+
+def _name(text):
+    """A flavor, aggregate or zone name: Nova has no blank ones."""
+    if not text.strip():
+        _fail(f"a name, not {text!r}")
+    return text
 
 
 def build_parser(argv=None):
@@ -161,7 +182,7 @@ Examples:
                         help="warning range for the number of disabled hypervisors, e.g. 0")
     limits.add_argument("--disabled-critical", type=counts, metavar="RANGE",
                         help="critical range for the number of disabled hypervisors")
-    limits.add_argument("--flavor", action="append", default=[], metavar="NAME",
+    limits.add_argument("--flavor", type=_name, action="append", default=[], metavar="NAME",
                         help="count how many more instances of this flavor (name or id) fit; "
                              "repeatable")
     limits.add_argument("--flavor-warning", type=fits_type, metavar="RANGE",
@@ -169,9 +190,10 @@ Examples:
     limits.add_argument("--flavor-critical", type=fits_type, metavar="RANGE",
                         help="critical range for that count (default 1:)")
     select = parser.add_argument_group("selection")
-    select.add_argument("--aggregate", action="append", default=[], metavar="NAME",
+    select.add_argument("--aggregate", type=_name, action="append", default=[], metavar="NAME",
                         help="only hypervisors in this host aggregate; repeatable (any of them)")
-    select.add_argument("--availability-zone", action="append", default=[], metavar="NAME",
+    select.add_argument("--availability-zone", type=_name, action="append", default=[],
+                        metavar="NAME",
                         help="only hypervisors in this availability zone; repeatable")
     select.add_argument("--hypervisor", type=_regex, action="append", default=[], metavar="REGEX",
                         help="only hypervisors whose name matches (searched); repeatable")
@@ -212,21 +234,46 @@ class Amount:
         return self.free if quantity.endswith("_free") else self.percent
 
 
+def _text(value):
+    """A non-blank JSON string, else None (Nova's fields as we may show and compare them)."""
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _count(value):
+    """A count or size as we may add it up: a JSON number (not a boolean), finite and between
+    0 and 2**53 (exact in a float), else None. NaN, Infinity, 400-digit numbers, "12", true,
+    -3 are not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value if 0 <= value <= 2**53 else None       # NaN fails both comparisons
+
+
+def _shown(value, limit=24):
+    """A field's value in a message, short, as JSON writes it (null, true, "4", NaN)."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):          # not from JSON after all
+        text = repr(type(value))
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class Hypervisor:
     def __init__(self, record):
-        service = record.get("service") or {}
+        service = record.get("service") if isinstance(record.get("service"), dict) else {}
         self.id = str(record.get("id"))
-        self.name = record.get("hypervisor_hostname") or service.get("host") or self.id
-        self.host = service.get("host") or self.name
-        self.state = record.get("state") or "unknown"
-        self.status = record.get("status") or "unknown"
-        self.disabled_reason = service.get("disabled_reason")
+        self.host = _text(service.get("host"))
+        self.name = _text(record.get("hypervisor_hostname")) or self.host or self.id
+        self.host = self.host or self.name
+        self.state = _text(record.get("state")) or "unknown"
+        self.status = _text(record.get("status")) or "unknown"
+        self.disabled_reason = _text(service.get("disabled_reason"))
         self.record = record
         self.amounts = {}         # resource -> Amount
         self.inventory = {}       # Placement resource class -> inventory record (+ "used")
         self.fits = {}            # flavor name -> instances that still fit
         self.problems = []        # (state, text)
         self.line_state = plugin.OK   # down / disabled: the state their count gave
+        self.unusable = None      # why its usage data cannot be used (a few words), if so
 
     @property
     def usable(self):
@@ -264,19 +311,35 @@ def list_hypervisors(conn, wanted):
     for version in versions:
         path = "/os-hypervisors/detail"
         records = []
+        markers = set()
         while True:
             # 406: this Nova does not have the microversion; try the next one
             body = conn.get("compute", path, microversion=version,
-                            instead={406: None} if version != versions[-1] else None)
-            if body is None:
+                            instead={406: NOT_THERE} if version != versions[-1] else None)
+            if body is NOT_THERE:
                 break
             page = _field(body, "hypervisors", list, "Nova", path)
+            odd = sum(1 for record in page if not isinstance(record, dict))
+            if odd:
+                raise plugin.CheckError(f"Nova answered GET {path} with {odd} hypervisor "
+                                        f"record{'s that are' if odd > 1 else ' that is'} "
+                                        f"not {'objects' if odd > 1 else 'an object'}")
             records.extend(page)
-            links = body.get("hypervisors_links") or []
-            if not page or not any(isinstance(link, dict) and link.get("rel") == "next"
-                                   for link in links):
+            links = body.get("hypervisors_links")
+            if not page or not isinstance(links, list) or not any(
+                    isinstance(link, dict) and link.get("rel") == "next" for link in links):
                 return records, version
-            path = f"/os-hypervisors/detail?marker={page[-1].get('id')}"
+            # a next page: after the last id of this one, never twice (a Nova, or a proxy,
+            # that repeats a page would otherwise be followed until the deadline)
+            marker = page[-1].get("id")
+            if not isinstance(marker, (str, int)) or isinstance(marker, bool):
+                raise plugin.CheckError(f"Nova's hypervisor list has a next page, but its last "
+                                        f"record has no id to ask for it ({_shown(marker)})")
+            if str(marker) in markers:
+                raise plugin.CheckError(f"Nova's hypervisor list does not end: the page after "
+                                        f"marker {marker} repeats it")
+            markers.add(str(marker))
+            path = f"/os-hypervisors/detail?marker={urllib.parse.quote(str(marker), safe='')}"
     raise AssertionError("unreachable")
 
 
@@ -290,19 +353,34 @@ def _field(body, key, kind, service, path):
 
 def find_flavors(conn, names):
     body = conn.get("compute", "/flavors/detail?is_public=None", microversion=FLAVOR_MICROVERSION,
-                    instead={406: None})
-    if body is None:
+                    instead={406: NOT_THERE})
+    if body is NOT_THERE:
         body = conn.get("compute", "/flavors/detail?is_public=None", microversion="2.1")
-    flavors = _field(body, "flavors", list, "Nova", "/flavors/detail")
+    flavors = [f for f in _field(body, "flavors", list, "Nova", "/flavors/detail")
+               if isinstance(f, dict)]
     found = {}
     for wanted in names:
         match = [f for f in flavors if f.get("name") == wanted] or \
             [f for f in flavors if f.get("id") == wanted]
         if not match:
-            known = ", ".join(sorted(str(f.get("name")) for f in flavors)[:15])
+            known = ", ".join(sorted(str(f.get("name")) for f in flavors)[:15]) or "none"
             raise plugin.CheckError(f"no flavor named {wanted!r} in Nova (known: {known})")
         found[wanted] = match[0]
     return found
+
+
+def _flavor_number(flavor, key, value, blank_is_zero=False, spec=False):
+    """A flavor's size field as a count: Nova gives integers (swap: "" for none), extra specs
+    are strings of ASCII digits ("\u00b2" is a digit to str.isdigit(), not to int())."""
+    if blank_is_zero and value in ("", None):
+        return 0
+    if spec and isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    number = _count(value)
+    if number is None or number != int(number):
+        raise plugin.CheckError(f"Nova's flavor {flavor.get('name')!r} has an unusable {key}: "
+                                f"{_shown(value)}")
+    return int(number)
 
 
 def flavor_needs(flavor):
@@ -311,14 +389,20 @@ def flavor_needs(flavor):
     As Nova's scheduler does: VCPU, MEMORY_MB, DISK_GB = root + ephemeral + swap (MiB, rounded
     up to GiB), then `resources:CLASS=N` extra specs override (0 removes a class). A
     boot-from-volume instance needs no root disk; the flavor cannot tell, so it is counted."""
-    swap = flavor.get("swap") or 0
-    swap_gb = math.ceil(int(swap) / 1024) if str(swap).isdigit() else 0
-    needs = {"VCPU": int(flavor.get("vcpus") or 0), "MEMORY_MB": int(flavor.get("ram") or 0),
-             "DISK_GB": int(flavor.get("disk") or 0)
-             + int(flavor.get("OS-FLV-EXT-DATA:ephemeral") or 0) + swap_gb}
-    for key, value in (flavor.get("extra_specs") or {}).items():
-        if key.startswith("resources:") and str(value).isdigit():
-            needs[key.split(":", 1)[1]] = int(value)
+    def number(key, blank_is_zero=False):
+        return _flavor_number(flavor, key, flavor.get(key), blank_is_zero)
+    swap_gb = math.ceil(number("swap", True) / 1024)
+    needs = {"VCPU": number("vcpus"), "MEMORY_MB": number("ram"),
+             "DISK_GB": number("disk") + number("OS-FLV-EXT-DATA:ephemeral", True) + swap_gb}
+    specs = flavor.get("extra_specs")
+    if specs is None:
+        specs = {}
+    if not isinstance(specs, dict):
+        raise plugin.CheckError(f"Nova's flavor {flavor.get('name')!r} has an unusable "
+                                f"extra_specs: {_shown(specs)}")
+    for key, value in specs.items():
+        if isinstance(key, str) and key.startswith("resources:"):
+            needs[key.split(":", 1)[1]] = _flavor_number(flavor, key, value, spec=True)
     return {rc: amount for rc, amount in needs.items() if amount > 0}
 
 
@@ -339,7 +423,8 @@ def select(args, hypervisors, aggregates, zones):
 
 def aggregate_hosts(conn, names):
     body = conn.get("compute", "/os-aggregates", microversion="2.1")
-    aggregates = _field(body, "aggregates", list, "Nova", "/os-aggregates")
+    aggregates = [a for a in _field(body, "aggregates", list, "Nova", "/os-aggregates")
+                  if isinstance(a, dict)]
     hosts = set()
     for name in names:
         match = [a for a in aggregates if a.get("name") == name]
@@ -347,13 +432,18 @@ def aggregate_hosts(conn, names):
             known = ", ".join(sorted(str(a.get("name")) for a in aggregates)[:15]) or "none"
             raise plugin.CheckError(f"no host aggregate named {name!r} (known: {known})")
         for agg in match:
-            hosts.update(agg.get("hosts") or [])
+            members = agg.get("hosts") or []
+            if not isinstance(members, list):
+                raise plugin.CheckError(f"Nova's host aggregate {name!r} has unusable hosts: "
+                                        f"{_shown(members)}")
+            hosts.update(host for host in members if isinstance(host, str))
     return hosts
 
 
 def zone_hosts(conn, names):
     body = conn.get("compute", "/os-availability-zone/detail", microversion="2.1")
-    zones = _field(body, "availabilityZoneInfo", list, "Nova", "/os-availability-zone/detail")
+    zones = [z for z in _field(body, "availabilityZoneInfo", list, "Nova",
+                               "/os-availability-zone/detail") if isinstance(z, dict)]
     hosts = set()
     for name in names:
         match = [z for z in zones if z.get("zoneName") == name]
@@ -362,22 +452,33 @@ def zone_hosts(conn, names):
                                      if z.get("zoneName") != "internal")[:15]) or "none"
             raise plugin.CheckError(f"no availability zone named {name!r} (known: {known})")
         for zone in match:
-            hosts.update(host for host, services in (zone.get("hosts") or {}).items()
-                         if "nova-compute" in (services or {}))
+            members = zone.get("hosts")
+            if isinstance(members, dict):
+                hosts.update(host for host, services in members.items()
+                             if isinstance(services, dict) and "nova-compute" in services)
     return hosts
+
+
+def _providers(conn):
+    """{name: uuid} of Placement's resource providers (a name listed twice: None, ambiguous)."""
+    body = conn.get("placement", "/resource_providers", microversion=PLACEMENT_MICROVERSION)
+    by_name = {}
+    for p in _field(body, "resource_providers", list, "Placement", "/resource_providers"):
+        if isinstance(p, dict) and _text(p.get("name")) and _text(p.get("uuid")):
+            by_name[p["name"]] = None if p["name"] in by_name else p["uuid"]
+    return by_name
 
 
 def read_placement(conn, hypervisors, microversion):
     """Inventories and usages of each hypervisor's resource provider, concurrently.
 
     At 2.53 the hypervisor id is the compute node uuid, which is its provider's uuid; at 2.1
-    (or when that provider is not found) providers are matched by name."""
+    (or when that provider is not found) providers are matched by name. Returns the
+    hypervisors whose data cannot be used (hv.unusable says why)."""
     pl = PLACEMENT_MICROVERSION
     by_name = None
     if microversion == "2.1" or not all(_looks_like_uuid(hv.id) for hv in hypervisors):
-        body = conn.get("placement", "/resource_providers", microversion=pl)
-        providers = _field(body, "resource_providers", list, "Placement", "/resource_providers")
-        by_name = {p.get("name"): p.get("uuid") for p in providers}
+        by_name = _providers(conn)
 
     def provider_of(hv):
         if by_name is not None:
@@ -387,40 +488,64 @@ def read_placement(conn, hypervisors, microversion):
     def fetch(hv, uuid):
         def task():
             if uuid is None:
-                return hv, None, None
-            inv = conn.get("placement", f"/resource_providers/{uuid}/inventories",
-                           microversion=pl, instead={404: False})
-            if inv is False:
-                return hv, False, None
-            use = conn.get("placement", f"/resource_providers/{uuid}/usages", microversion=pl,
-                           instead={404: {}})
+                return hv, NOT_THERE, NOT_THERE
+            base = f"/resource_providers/{urllib.parse.quote(uuid, safe='')}"
+            inv = conn.get("placement", f"{base}/inventories", microversion=pl,
+                           instead={404: NOT_THERE})
+            if inv is NOT_THERE:
+                return hv, NOT_THERE, NOT_THERE
+            use = conn.get("placement", f"{base}/usages", microversion=pl,
+                           instead={404: NOT_THERE})
             return hv, inv, use
         return task
 
     results = run_all([fetch(hv, provider_of(hv)) for hv in hypervisors])
-    missing = [hv for hv, inv, _ in results if inv is False]
+    missing = [hv for hv, inv, _ in results if inv is NOT_THERE]
     if missing and by_name is None:
         # uuids did not match (an unusual deployment): look those up by name
-        body = conn.get("placement", "/resource_providers", microversion=pl)
-        providers = _field(body, "resource_providers", list, "Placement", "/resource_providers")
-        names = {p.get("name"): p.get("uuid") for p in providers}
+        names = _providers(conn)
         retry = run_all([fetch(hv, names.get(hv.name)) for hv in missing])
-        results = [r for r in results if r[1] is not False] + retry
-    unknown = []
+        results = [r for r in results if r[1] is not NOT_THERE] + retry
+    unreported = []
     for hv, inv, use in results:
-        if not inv:
-            unknown.append(hv.name)
-            continue
-        inventories = _field(inv, "inventories", dict, "Placement", "inventories")
-        usages = (use or {}).get("usages") or {}
-        for rc, record in inventories.items():
-            if isinstance(record, dict):
-                hv.inventory[rc] = dict(record, used=usages.get(rc, 0))
-        for resource, (rc, unit) in CLASSES.items():
-            record = hv.inventory.get(rc)
-            if record is not None:
-                hv.amounts[resource] = Amount(record["used"] * unit, _capacity(record) * unit)
-    return unknown
+        hv.unusable = ("no resource provider" if inv is NOT_THERE or use is NOT_THERE
+                       else _read_provider(hv, inv, use))
+        if hv.unusable:
+            unreported.append(hv)
+    return sorted(unreported, key=lambda h: (h.name, h.id))
+
+
+def _read_provider(hv, inv, use):
+    """Fill hv.inventory and hv.amounts from one provider's answers; or say, in a few words,
+    why they cannot be used (then nothing of them is used: a host half counted is wrong)."""
+    inventories = inv.get("inventories") if isinstance(inv, dict) else None
+    if not isinstance(inventories, dict):
+        return "inventories not an object"
+    usages = use.get("usages") if isinstance(use, dict) else None
+    if not isinstance(usages, dict):
+        return "usages not an object"
+    for rc, used in usages.items():
+        if _count(used) is None:
+            return f"{rc} usage {_shown(used)}"
+    records = {}
+    for rc, record in inventories.items():
+        if not isinstance(record, dict):
+            return f"{rc} inventory not an object"
+        if _count(record.get("total")) is None:
+            return f"{rc} total {_shown(record.get('total'))}"
+        for key in ("reserved", "min_unit", "max_unit", "step_size"):
+            if record.get(key) is not None and _count(record[key]) is None:
+                return f"{rc} {key} {_shown(record[key])}"
+        ratio = record.get("allocation_ratio")
+        if ratio is not None and not _count(ratio):            # 0 is no ratio either
+            return f"{rc} allocation_ratio {_shown(ratio)}"
+        records[rc] = dict(record, used=usages.get(rc, 0))
+    hv.inventory = records
+    for resource, (rc, unit) in CLASSES.items():
+        record = records.get(rc)
+        if record is not None:
+            hv.amounts[resource] = Amount(record["used"] * unit, _capacity(record) * unit)
+    return None
 
 
 def _capacity(record):
@@ -428,7 +553,7 @@ def _capacity(record):
     reserved = record.get("reserved") or 0
     ratio = record.get("allocation_ratio")
     ratio = 1.0 if ratio is None else ratio
-    return int((total - reserved) * ratio)
+    return max(0, int((total - reserved) * ratio))     # reserved over total: no room
 
 
 def _looks_like_uuid(text):
@@ -436,16 +561,24 @@ def _looks_like_uuid(text):
 
 
 def read_legacy(hypervisors):
-    missing = []
+    """Nova's legacy usage fields; returns the hypervisors without usable ones (all six are
+    needed: Nova at 2.53 or older gives all, and a host half counted is wrong)."""
+    unreported = []
     for hv in hypervisors:
         for resource, (used_key, total_key) in LEGACY.items():
-            used, total = hv.record.get(used_key), hv.record.get(total_key)
-            if isinstance(used, (int, float)) and isinstance(total, (int, float)):
-                unit = CLASSES[resource][1]
-                hv.amounts[resource] = Amount(used * unit, total * unit)
-        if not hv.amounts:
-            missing.append(hv.name)
-    return missing
+            for key in (total_key, used_key):
+                if _count(hv.record.get(key)) is None:
+                    hv.unusable = f"{key} " + (_shown(hv.record[key]) if key in hv.record
+                                               else "missing")
+                    break
+            if hv.unusable:
+                break
+            unit = CLASSES[resource][1]
+            hv.amounts[resource] = Amount(hv.record[used_key] * unit, hv.record[total_key] * unit)
+        if hv.unusable:
+            hv.amounts = {}
+            unreported.append(hv)
+    return unreported
 
 
 def count_fits(hv, needs, source):
@@ -477,14 +610,21 @@ def count_fits(hv, needs, source):
 
 def measure(args):
     from .openstack import Connection
+    for option in ("flavor_warning", "flavor_critical"):
+        if getattr(args, option) is not None and not args.flavor:
+            raise plugin.UsageError(f"argument --{option.replace('_', '-')}: needs --flavor NAME "
+                                    f"(the flavor whose room it limits)")
     started = time.monotonic()
     # leave the watchdog a margin, so that a hung peer is named by our own message
     deadline = started + max(args.timeout * 0.8, args.timeout - 0.5)
     conn = Connection(args, deadline, app_name="check_nova_hypervisors")
     try:
-        return _measure(args, conn, started)
+        report = _measure(args, conn, started)
     finally:
         conn.save_token()
+    # a token that could not be saved is told too (the output was made before the save)
+    report.long_output.extend(note for note in conn.notes if note not in report.long_output)
+    return report
 
 
 def _measure(args, conn, started):
@@ -496,8 +636,7 @@ def _measure(args, conn, started):
         raise conn.missing_endpoint("placement")
     # the first call alone: a rejected cached token means one new login, not one per thread
     records, microversion = list_hypervisors(conn, args.nova_microversion)
-    hypervisors = sorted((Hypervisor(r) for r in records if isinstance(r, dict)),
-                         key=lambda h: (h.name, h.id))
+    hypervisors = sorted((Hypervisor(r) for r in records), key=lambda h: (h.name, h.id))
 
     tasks = {}
     if args.flavor:
@@ -656,8 +795,10 @@ def evaluate(args, conn, chosen, source, microversion, flavors, needs, unreporte
                                      f"{format_number(limit.end)}")))
 
     if unreported:
-        text = (f"{plural(len(unreported), 'hypervisor')} without usage in "
-                f"{'Placement' if source == 'placement' else 'Nova'}: " + ", ".join(unreported[:5]))
+        text = (f"{plural(len(unreported), 'hypervisor')} without usable data in "
+                f"{'Placement' if source == 'placement' else 'Nova'}: "
+                + ", ".join(f"{hv.name} ({hv.unusable})" for hv in unreported[:5])
+                + (f" and {len(unreported) - 5} more" if len(unreported) > 5 else ""))
         problems.append((plugin.WARNING if len(unreported) < len(chosen) else plugin.UNKNOWN, text))
 
     problems.sort(key=lambda p: -p[0])
@@ -721,7 +862,9 @@ def _hv_line(hv, source):
     text = f"{state}: {hv.name} [{hv.condition()}]"
     if hv.problems:
         text += ": " + ", ".join(t for _, t in hv.problems) + " -"
-    return text + (": " if not hv.problems else " ") + (", ".join(details) or "no usage reported")
+    return text + (": " if not hv.problems else " ") + (
+        ", ".join(details) or (f"no usable data ({hv.unusable})" if hv.unusable
+                               else "no usage reported"))
 
 
 def _long_output(args, conn, chosen, usable, totals, flavors, needs, fits, source, microversion,
@@ -780,19 +923,38 @@ def _perfdata(args, chosen, usable, down, disabled, totals, fits, warning, criti
     for name, count in fits.items():
         tokens.append(token(f"fits_{label(name)}", count, "", fit_warn, fit_crit, 0))
     if args.perfdata_per_hypervisor:
-        labels = Labels(hv.name for hv in chosen)
+        keys = _label_keys(chosen)
+        labels = Labels(keys.values())
         for hv in chosen:
             for resource in RESOURCES:
                 amount = hv.amounts.get(resource)
                 if amount is None:
                     continue
                 uom = "" if resource == "vcpus" else "B"
-                base = f"{labels[hv.name]}.{resource}"
+                base = f"{labels[keys[id(hv)]]}.{resource}"
                 tokens.append(token(f"{base}_used", amount.used, uom, None, None, 0,
                                     amount.capacity))
                 tokens.append(token(f"{base}_used_pct", round(amount.percent, 2), "%",
                                     hv_warning.get(resource), hv_critical.get(resource), 0, 100))
     return tokens
+
+
+def _label_keys(hypervisors):
+    """One distinct text per hypervisor to make its perfdata label of: its name; for
+    hypervisors of the same name (several cells, or a hostile answer) name and id, then a
+    number if even those repeat."""
+    counts = {}
+    for hv in hypervisors:
+        counts[hv.name] = counts.get(hv.name, 0) + 1
+    keys, taken = {}, set()
+    for hv in hypervisors:
+        key = base = hv.name if counts[hv.name] == 1 else f"{hv.name} {hv.id}"
+        n = 2
+        while key in taken:
+            key, n = f"{base} #{n}", n + 1
+        taken.add(key)
+        keys[id(hv)] = key
+    return keys
 
 
 def timeout_message(args):

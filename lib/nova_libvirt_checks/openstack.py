@@ -14,10 +14,16 @@ less than 2 minutes left). A token Keystone no longer honours (revoked, keys rot
 Every request is bounded by the check's deadline (-t): a peer that accepts and never answers
 ends as a one-line UNKNOWN naming it, before the watchdog has to step in.
 
+No secret in a message: passwords, application-credential secrets and every token sent are
+replaced by *** in whatever a service's error text quotes back (Connection.clean), before
+the text is shortened.
+
 keystoneauth1 is imported when the argument parser is built (its loaders define the --os-*
 options) or when a session is made; importing this module itself costs nothing.
 """
+import argparse
 import os
+import re
 import time
 
 from .plugin import CheckError
@@ -25,6 +31,16 @@ from .state import StateError, StateFile, file_for
 
 SERVICE_NAMES = {"compute": "Nova", "placement": "Placement", "identity": "Keystone"}
 TOKEN_CACHE_VERSION = 1
+INTERFACES = ("public", "internal", "admin", "publicURL", "internalURL", "adminURL")
+SECRET_OPTIONS = re.compile(r"password|secret|token|passcode|key$")   # --os-* dests to hide
+
+
+def _interface(text):
+    """An endpoint interface keystoneauth knows (a typo would read as a catalog problem)."""
+    if text not in INTERFACES:
+        raise argparse.ArgumentTypeError(f"not an endpoint interface: {text!r} (public, internal "
+                                         f"or admin)")
+    return text
 
 
 # ---------------------------------------------------------------- arguments
@@ -44,7 +60,7 @@ def add_arguments(parser, argv=None):
     group.add_argument("--os-region-name", metavar="REGION",
                        default=os.environ.get("OS_REGION_NAME") or None,
                        help="region of the endpoints (default $OS_REGION_NAME)")
-    group.add_argument("--os-interface", metavar="INTERFACE",
+    group.add_argument("--os-interface", metavar="INTERFACE", type=_interface,
                        default=os.environ.get("OS_INTERFACE") or None,
                        help="endpoint interface: public, internal or admin (default $OS_INTERFACE, "
                             "else public)")
@@ -96,6 +112,9 @@ class Connection:
         self.cache_loaded = False
         self._loaded_state = None
         self._store = None
+        self.secrets = set()     # passwords, secrets and every token sent: never in a message
+        self.secrets.update(str(value) for key, value in vars(args).items()
+                            if key.startswith("os_") and SECRET_OPTIONS.search(key) and value)
         try:
             import keystoneauth1  # noqa: F401
         except ImportError as exc:
@@ -176,6 +195,8 @@ class Connection:
                                             secure_files=[f for f in secure if f],
                                             load_envvars=False, app_name="nova-libvirt-checks")
             cloud = config.get_one(cloud=args.os_cloud, validate=True, **overrides)
+            self.secrets.update(str(value) for key, value in (cloud.config.get("auth") or {}).items()
+                                if SECRET_OPTIONS.search(key) and value)
             auth = cloud.get_auth()
             verify, cert = cloud.get_requests_verify_args()
         except Exception as exc:  # openstack.exceptions.ConfigException and ksa's option errors
@@ -191,6 +212,7 @@ class Connection:
         import requests
         deadline = self.deadline
         log = self.requests
+        secrets = self.secrets
 
         class DeadlineAdapter(TCPKeepAliveAdapter):
             def send(self, request, timeout=None, **kwargs):
@@ -199,6 +221,9 @@ class Connection:
                     if remaining <= 0.05:
                         raise requests.exceptions.ConnectTimeout("the check's deadline has passed")
                     started = time.monotonic()
+                    token = request.headers.get("X-Auth-Token")
+                    if token:
+                        secrets.add(token)
                     try:
                         response = super().send(request, timeout=remaining, **kwargs)
                         log.append((request.method, request.url, response.status_code,
@@ -238,6 +263,7 @@ class Connection:
             ref = self.auth.auth_ref
             if ref is None or not ref.auth_token:
                 raise ValueError("no token")
+            self.secrets.add(ref.auth_token)
             ref.expires  # noqa: B018 - parses the expiry; a mangled one raises here
             self._loaded_state = state
             self.cache_loaded = True
@@ -263,7 +289,8 @@ class Connection:
             self._store.update(change)
             self._loaded_state = state
         except StateError as exc:
-            self.notes.append(str(exc))
+            if str(exc) not in self.notes:       # refused on load already: told once
+                self.notes.append(str(exc))
 
     @property
     def token_source(self):
@@ -288,7 +315,7 @@ class Connection:
         try:
             self.session.get_token()
         except Exception as exc:
-            raise self._error(exc, "identity", "login") from None
+            raise self.scrub(self._error(exc, "identity", "login")) from None
 
     def has_service(self, service_type):
         """Whether the catalog has an endpoint of this type for our region and interface."""
@@ -308,18 +335,37 @@ class Connection:
                 microversion=microversion, microversion_service_type=service_type,
                 headers={"Accept": "application/json"}, raise_exc=False)
         except Exception as exc:
-            raise self._error(exc, service_type, path) from None
+            raise self.scrub(self._error(exc, service_type, path)) from None
         status = response.status_code
         if instead and status in instead:
             return instead[status]
-        if status >= 400:
-            raise self._http_error(service_type, path, response)
+        if status >= 300:      # 3xx: keystoneauth follows redirects; one left is no answer
+            raise self.scrub(self._http_error(service_type, path, response))
         try:
             return response.json()
-        except ValueError:
+        except (ValueError, RecursionError):     # RecursionError: JSON nested too deep
             kind = response.headers.get("Content-Type", "no content type")
-            raise CheckError(f"{SERVICE_NAMES.get(service_type, service_type)} answered GET {path} "
-                             f"with malformed JSON (HTTP {status}, {kind})") from None
+            raise self.scrub(CheckError(
+                f"{SERVICE_NAMES.get(service_type, service_type)} answered GET {path} with "
+                f"malformed JSON (HTTP {status}, {short(kind, 60)})")) from None
+
+    def clean(self, text):
+        """`text` with every secret and token we know replaced by ***: a service, or a
+        proxy's error page, may echo what it was sent (the X-Auth-Token, a login body). Done
+        before a text is shortened, so that no cut can leave part of a secret behind."""
+        text = str(text)
+        ref = getattr(self.auth, "auth_ref", None)
+        if ref is not None and getattr(ref, "auth_token", None):
+            self.secrets.add(ref.auth_token)
+        for secret in sorted(self.secrets, key=len, reverse=True):
+            if len(secret) >= 4:
+                text = text.replace(secret, "***")
+        return text
+
+    def scrub(self, error):
+        """The error, cleaned (belt and braces: its parts were cleaned when it was made)."""
+        message = self.clean(error)
+        return error if message == str(error) else CheckError(message, error.state)
 
     # -- errors
 
@@ -331,7 +377,7 @@ class Connection:
     def _http_error(self, service_type, path, response):
         name = SERVICE_NAMES.get(service_type, service_type)
         status = response.status_code
-        detail = _error_detail(response)
+        detail = _error_detail(response, self.clean)
         if status == 401:
             return CheckError(f"{name} refused the token even after a fresh login (HTTP 401) for "
                               f"GET {path}{detail}")
@@ -353,24 +399,25 @@ class Connection:
                               f"credentials ({self._who()})")
         if isinstance(exc, e.HttpError) and login:
             return CheckError(f"login to {self.auth_url} failed: HTTP {exc.http_status}"
-                              f"{_error_detail(getattr(exc, 'response', None))}")
+                              f"{_error_detail(getattr(exc, 'response', None), self.clean)}")
         if isinstance(exc, (e.EndpointNotFound, e.EmptyCatalog)):
             return self.missing_endpoint(service_type)
         if isinstance(exc, e.ConnectTimeout) or "deadline has passed" in str(exc):
             return CheckError(f"{target} did not answer within the timeout of "
                               f"{self.args.timeout:g} s")
         if isinstance(exc, e.SSLError):
-            return CheckError(f"TLS failed with {target}: {short(exc)} (--os-cacert? --insecure?)")
+            return CheckError(f"TLS failed with {target}: {short(self.clean(exc))} (--os-cacert? "
+                              f"--insecure?)")
         if isinstance(exc, (e.ConnectFailure, e.UnknownConnectionError, e.DiscoveryFailure)):
             return CheckError(f"cannot connect to {target}: {_reason(exc)}")
         if isinstance(exc, e.MissingRequiredOptions):
             names = ", ".join("OS_" + opt.dest.upper() for opt in exc.options)
             return CheckError(f"OpenStack credentials incomplete: missing {names}")
         if isinstance(exc, e.ClientException):
-            return CheckError(f"{target}: {short(exc)}")
+            return CheckError(f"{target}: {short(self.clean(exc))}")
         if isinstance(exc, ValueError):
-            return CheckError(f"{target} answered with malformed JSON: {short(exc)}")
-        return CheckError(f"{target}: {type(exc).__name__}: {short(exc)}")
+            return CheckError(f"{target} answered with malformed JSON: {short(self.clean(exc))}")
+        return CheckError(f"{target}: {type(exc).__name__}: {short(self.clean(exc))}")
 
     def _who(self):
         ident = identity(self.auth)
@@ -435,7 +482,7 @@ def _is_keystone(exc, auth_url):
     return bool(root) and (url.startswith(root) or root in text)
 
 
-def _error_detail(response):
+def _error_detail(response, clean=str):
     """Nova and Placement put the reason in a JSON body; a few words of it."""
     if response is None:
         return ""
@@ -455,7 +502,12 @@ def _error_detail(response):
                 message = value["message"]
         if not message and isinstance(body.get("error"), dict):
             message = body["error"].get("message")
-    return f": {short(message)}" if message else ""
+        if not message and isinstance(body.get("message"), str):
+            # webob's own errors (keystonemiddleware's 503 when Keystone is unreachable):
+            # {"message": "The server is currently unavailable...<br /><br />\nThe Keystone
+            # service is temporarily unavailable.", "code": "503 Service Unavailable", ...}
+            message = re.sub(r"<[^>]*>", " ", body["message"])
+    return f": {short(clean(message))}" if message else ""
 
 
 def one_line(exc):
