@@ -6,7 +6,6 @@ of those characters is its own label. Any other name is folded to those characte
 8 hex digits of its SHA-256: two different names never share a label, and a name keeps its
 label from run to run whatever else is on the host.
 """
-import hashlib
 import re
 
 from .thresholds import format_number, format_range
@@ -20,6 +19,7 @@ def label(name):
     """A perfdata label for `name` (any string), stable and distinct for distinct names."""
     if _SAFE.fullmatch(name) and len(name) <= MAX_BASE:
         return name
+    import hashlib      # here: most checks never meet a name that needs it
     base = _UNSAFE_RUN.sub("_", name).strip("_")[:MAX_BASE - 9]
     digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     return f"{base}_{digest}" if base else f"_{digest}"

@@ -14,7 +14,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
 
 from . import __version__
 
@@ -177,6 +176,11 @@ def seconds(text):
     return value
 
 
+def _traceback():
+    import traceback    # only on the -vvv error path
+    return traceback.format_exc().splitlines()
+
+
 def main(name, parser, measure, argv=None, timeout_state=UNKNOWN, timeout_message=None):
     """Parse arguments, arm the deadline, run `measure(args)`, print and exit. Never returns.
 
@@ -193,9 +197,9 @@ def main(name, parser, measure, argv=None, timeout_state=UNKNOWN, timeout_messag
     except CheckError as exc:
         report = Report(exc.state, str(exc))
         if verbose >= 3:
-            report.long_output = traceback.format_exc().splitlines()
+            report.long_output = _traceback()
     except Exception as exc:  # the one place where any failure becomes a plugin answer
         report = Report(UNKNOWN, f"internal error: {type(exc).__name__}: {exc}")
         if verbose >= 3:
-            report.long_output = traceback.format_exc().splitlines()
+            report.long_output = _traceback()
     emit(render(name, report), report.state)

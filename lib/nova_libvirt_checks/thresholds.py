@@ -8,16 +8,13 @@ the text, never a silently ignored threshold.
 import argparse
 import math
 import re
-from dataclasses import dataclass
+from collections import namedtuple
 
 import nagiosplugin
 
-@dataclass(frozen=True)
-class Units:
+class Units(namedtuple("Units", "factors suffixes", defaults=((),))):
     """Unit symbols and their factors, and the suffixes that may follow them (the B of 50MB,
     the /s of 10M/s) where they make sense; nothing else after a number is accepted."""
-    factors: dict
-    suffixes: tuple = ()
 
 
 # Decimal prefixes as the Monitoring Plugins and `iostat` use them; binary ones for memory.
