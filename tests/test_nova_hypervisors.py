@@ -8,6 +8,7 @@ directory per test.
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -648,7 +649,8 @@ def test_module_imports_cheaply():
 # type with --os-endpoint sends every service to it, so no cloud is needed.
 
 class StubCloud:
-    def __init__(self, hypervisors=3, max_microversion="2.104", page_size=1000, fail=None):
+    def __init__(self, hypervisors=3, max_microversion="2.104", page_size=1000, fail=None,
+                 tls=None):
         import http.server
         stub = self
         self.hypervisors = [{"id": f"00000000-0000-4000-8000-{i:012d}", "name": f"hv{i}",
@@ -657,10 +659,13 @@ class StubCloud:
         self.page_size = page_size
         self.fail = fail or {}          # path fragment -> (status, body bytes)
         self.seen = []
+        self.headers_seen = []          # (path, {header: value}) of the headers that matter
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 stub.seen.append((self.path, self.headers.get("OpenStack-API-Version")))
+                stub.headers_seen.append((self.path, {k: self.headers.get(k) for k in (
+                    "Accept", "OpenStack-API-Version", "X-OpenStack-Nova-API-Version")}))
                 status, body = stub.answer(self.path, self.headers.get("OpenStack-API-Version") or "")
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -673,6 +678,12 @@ class StubCloud:
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}/v2.1"
+        if tls:                         # (certificate file, key file): HTTPS
+            import ssl
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            self.url = "https" + self.url[4:]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def answer(self, path, version):
@@ -785,3 +796,283 @@ def test_stub_pages_of_hypervisors(stub, tmp_path):
     assert value(r, "hypervisors") == 5 and value(r, "vcpus_used") == 15, r
     assert all(f"hv{i}.vcpus_used" in r.perf for i in range(1, 6)), r
     assert len([p for p, _v in s.seen if "os-hypervisors" in p]) == 3, s.seen
+
+
+# ---------------------------------------------------------------- output size (--max-output)
+
+def test_output_bounded_with_thousands_of_hypervisors(stub, tmp_path):
+    """4000 hypervisors with --perfdata-per-hypervisor would be ~700 KB: the output stays
+    within --max-output (default 60000, under NRPE's 64 KB), the per-hypervisor perfdata goes
+    first and says so, the cloud's perfdata and the totals stay exact."""
+    n = 4000
+    s = stub(hypervisors=n)
+    r = s.run(tmp_path, "--source", "nova", "--perfdata-per-hypervisor")
+    assert r.code == 0, r.stdout[:300]
+    assert len(r.stdout.encode()) <= 60000, len(r.stdout.encode())
+    assert value(r, "hypervisors") == n and value(r, "vcpus_used") == n * (n + 1) / 2
+    assert value(r, "vcpus_capacity") == 8 * n
+    assert not any("." in label for label in r.perf), list(r.perf)[:20]
+    assert r.lines[-1] == "(per-hypervisor perfdata left out to stay under 60000 bytes)", r.lines[-3:]
+    # -v: one line per hypervisor, cut from the end
+    r = s.run(tmp_path, "--source", "nova", "--perfdata-per-hypervisor", "-v", "--max-output", "20000")
+    assert r.code == 0 and 10000 < len(r.stdout.encode()) <= 20000, len(r.stdout.encode())
+    assert value(r, "hypervisors") == n and "vcpus_used_pct" in r.perf
+    # an NRPE v2 client: 1 KB, the status line (clipped) first
+    r = s.run(tmp_path, "--source", "nova", "--perfdata-per-hypervisor", "-v", "--max-output", "1000")
+    assert r.code == 0 and len(r.stdout.encode()) <= 1000, r
+    assert r.status.startswith("HYPERVISORS OK - 4000 of 4000 hypervisors up and enabled"), r
+    # where it fits, nothing is left out
+    small = stub(hypervisors=20)
+    r = small.run(tmp_path, "--source", "nova", "--perfdata-per-hypervisor")
+    assert r.code == 0 and all(f"hv{i}.vcpus_used" in r.perf for i in range(1, 21)), r
+    assert not any("left out" in line for line in r.lines), r
+
+
+@pytest.mark.parametrize("text", ["0", "-5", "1e3", "lots", ""])
+def test_max_output_must_be_a_positive_number(tmp_path, text):
+    proc = subprocess.run([sys.executable, CHECK, "--max-output", text], cwd=ROOT, capture_output=True,
+                          text=True, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                                          "NOVA_LIBVIRT_CHECKS_STATE_DIR": str(tmp_path)})
+    assert proc.returncode == 3 and proc.stdout.count("\n") == 1, proc
+    assert proc.stdout.startswith("HYPERVISORS UNKNOWN - invalid argument: argument --max-output"), proc
+
+
+# ---------------------------------------------------------------- the fast path of warm runs
+# A warm run (a cached token valid for more than keystoneauth's 2-minute margin, with its
+# catalog) makes its GETs with the standard library and does not even import keystoneauth1
+# (lib/nova_libvirt_checks/openstack.py). Its answers, errors and requests must be those of the
+# keystoneauth session; a 401, a failed connection or anything unusual hands over to it.
+
+def test_warm_run_takes_the_fast_path_without_keystoneauth(cloud, state_dir):
+    first = run(cloud, state_dir, "-v")
+    assert first.code == 0 and "new token" in first.stdout, first
+    assert "calls through a keystoneauth session" in first.stdout, first
+    warm = run(cloud, state_dir, "-v")
+    assert warm.code == 0, warm
+    assert "token reused from the cache; calls by the standard library on the cached token and " \
+           "catalog (fast path, keystoneauth not loaded)" in warm.stdout, warm
+    assert warm.perf == first.perf
+    proc = subprocess.run([sys.executable, "-X", "importtime", CHECK], cwd=ROOT,
+                          env=base_env(cloud, state_dir), capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "http" in imported and "nova_libvirt_checks" in imported, sorted(imported)
+    assert not imported & {"keystoneauth1", "requests", "urllib3", "openstack", "novaclient"}, \
+        sorted(imported)
+
+
+def test_fast_path_token_refused_means_one_fresh_login(cloud, keystone_user, tmp_path):
+    """The cached token revoked in Keystone (as by a password change): on the fast path Nova
+    answers 401, the check hands over to keystoneauth, which logs in exactly once and repeats
+    the call; the new token is cached, and the next run is on the fast path again without a
+    login. (The token is cached by a run no service saw it in, so that no keystonemiddleware
+    still remembers it as valid.)"""
+    state_dir = str(tmp_path / "state")
+    env = dict(keystone_user.env, PATH=os.environ.get("PATH", "/usr/bin:/bin"),
+               NOVA_LIBVIRT_CHECKS_STATE_DIR=state_dir)
+    r = run(cloud, state_dir, "--os-region-name", "nowhere", env=env)
+    assert r.code == 3 and "no compute endpoint" in r.status, r
+    with open(token_file(state_dir)) as f:
+        revoked = json.loads(json.load(f)["auth_state"])["auth_token"]
+    answer = cloud.admin_session().delete(f"{cloud.keystone_url}/auth/tokens", raise_exc=False,
+                                          headers={"X-Subject-Token": revoked})
+    assert answer.status_code == 204, answer.text
+    before = keystone_user.token_requests()
+    r = run(cloud, state_dir, "-vv", env=env)
+    assert r.code == 0, r
+    assert keystone_user.token_requests() - before == 1
+    requests_ = [line for line in r.lines if line.startswith("request:")]
+    assert "/os-hypervisors/detail -> 401" in requests_[0], r
+    assert sum("auth/tokens -> 201" in line for line in requests_) == 1, r
+    assert "new token; calls through a keystoneauth session after the fast path (Nova refused " \
+           "the cached token (HTTP 401))" in r.stdout, r
+    assert revoked not in r.stdout
+    r = run(cloud, state_dir, "-v", env=env)
+    assert r.code == 0 and "(fast path, keystoneauth not loaded)" in r.stdout, r
+    assert keystone_user.token_requests() - before == 1
+
+
+def _closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class WarmCache:
+    """Password credentials whose Keystone is a port nobody listens on, and a token cache as
+    a login would have left it: a token valid for an hour with a catalog whose compute and
+    placement endpoints are `urls`. A run that logs in says 'cannot connect to Keystone'."""
+
+    def __init__(self, tmp_path, compute_url, placement_url=None, lifetime=3600, name="warm"):
+        from keystoneauth1 import loading
+        from nova_libvirt_checks import hypervisors, state
+        self.state_dir = str(tmp_path / name)
+        self.auth_url = f"http://127.0.0.1:{_closed_port()}/v3"
+        self.argv = ["--os-auth-url", self.auth_url, "--os-username", "u", "--os-password",
+                     "warm-cache-secret", "--os-project-name", "p", "--os-user-domain-name",
+                     "Default", "--os-project-domain-name", "Default"]
+        saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("OS_")}
+        try:
+            args = hypervisors.build_parser(self.argv).parse_args(self.argv)
+        finally:
+            os.environ.update(saved)
+        from nova_libvirt_checks import openstack
+        index = openstack.token_index(args)
+        self.token = "gAAAAAB" + os.urandom(40).hex()
+        now = time.time()
+        stamp = lambda t: time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(t))  # noqa: E731
+        catalog = [{"type": kind, "name": kind, "id": kind, "endpoints": [
+            {"id": f"{kind}-public", "interface": "public", "region_id": "RegionOne",
+             "region": "RegionOne", "url": url}]}
+            for kind, url in (("compute", compute_url), ("placement", placement_url or compute_url))]
+        body = {"token": {"methods": ["password"], "expires_at": stamp(now + lifetime),
+                          "issued_at": stamp(now - 60), "catalog": catalog,
+                          "user": {"id": "uid", "name": "u", "domain": {"id": "default", "name": "Default"}},
+                          "project": {"id": "pid", "name": "p", "domain": {"id": "default",
+                                                                          "name": "Default"}}}}
+        document = {"version": openstack.TOKEN_CACHE_VERSION, "index": index,
+                    "cache_id": loading.load_auth_from_argparse_arguments(args).get_cache_id(),
+                    "auth_state": json.dumps({"auth_token": self.token, "body": body})}
+        state.StateFile(state.file_for("token", index, self.state_dir)).update(lambda _d: document)
+
+    def run(self, *args, timeout=30, env=None):
+        env = dict(env or {}, PATH=os.environ.get("PATH", "/usr/bin:/bin"),
+                   NOVA_LIBVIRT_CHECKS_STATE_DIR=self.state_dir)
+        started = time.monotonic()
+        proc = subprocess.run([sys.executable, CHECK, *self.argv, *map(str, args)], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=timeout)
+        result = Result(proc, time.monotonic() - started)
+        assert self.token not in result.stdout and "warm-cache-secret" not in result.stdout
+        return result
+
+
+FAST = "(fast path, keystoneauth not loaded)"
+HV_406 = json.dumps({"computeFault": {"code": 406, "message": "Version 2.53 is not supported"}})
+
+
+@pytest.mark.parametrize("kwargs, args", [
+    ({}, []),
+    ({}, ["--perfdata-per-hypervisor", "-w", "vcpus=5%"]),
+    ({}, ["--source", "nova", "--nova-microversion", "2.1"]),
+    ({"hypervisors": 5, "page_size": 2}, ["--perfdata-per-hypervisor"]),
+    ({"max_microversion": "2.25"}, []),
+    ({}, ["--flavor", "m1"]),
+    ({"fail": {"/os-hypervisors/detail": (500, json.dumps(
+        {"computeFault": {"code": 500, "message": "Unexpected API Error."}}).encode())}}, []),
+    ({"fail": {"/usages": (503, b'{"errors": [{"status": 503, "title": "Service Unavailable", '
+                                b'"detail": "placement is resting"}]}')}}, []),
+    ({"fail": {"/os-hypervisors/detail": (200, b"<html>a proxy's error page</html>")}}, []),
+    ({"fail": {"/os-hypervisors/detail": (403, b'{"forbidden": {"message": "Policy does not allow"}}')}}, []),
+    ({"fail": {"/inventories": (404, b"{}")}}, []),
+    ({"fail": {"/os-hypervisors/detail": (200, b'{"hypervisors": "no"}')}}, []),
+], ids=["default", "perfdata", "legacy-2.1", "pages", "old-nova", "flavor-404", "nova-500",
+        "placement-503", "malformed", "403", "no-provider", "not-a-list"])
+def test_fast_path_answers_as_keystoneauth(stub, tmp_path, kwargs, args):
+    """The same stand-in Nova and Placement asked through keystoneauth (auth type none) and
+    through the fast path (a warm token cache whose catalog points at it): the same output,
+    the same requests with the same microversion headers; the fast path really taken and no
+    login attempted (Keystone is a closed port)."""
+    s = stub(**kwargs)
+    expected = s.run(tmp_path, *args)
+    requests_ = list(s.headers_seen)
+    del s.headers_seen[:]
+    warm = WarmCache(tmp_path, s.url)
+    got = warm.run(*args)
+    assert got.stdout == expected.stdout and got.code == expected.code, (expected, got)
+    assert sorted(s.headers_seen, key=repr) == sorted(requests_, key=repr)
+    verbose = warm.run(*args, "-v")
+    if verbose.code != 3:
+        assert FAST in verbose.stdout, verbose
+    assert "Keystone" not in verbose.status, verbose
+
+
+def test_fast_path_401_hands_over_for_a_fresh_login(stub, tmp_path):
+    """Nova refusing the cached token on the fast path: keystoneauth takes over without that
+    token and logs in (here: Keystone is a closed port, so that login is what fails)."""
+    s = stub(fail={"/os-hypervisors/detail": (401, b'{"error": {"code": 401}}')})
+    warm = WarmCache(tmp_path, s.url)
+    r = warm.run("-vvv")
+    assert r.code == 3, r
+    assert r.status == f"HYPERVISORS UNKNOWN - cannot connect to Keystone at {warm.auth_url}: " \
+                       f"connection refused", r
+    assert [p for p, _v in s.seen] == ["/v2.1/os-hypervisors/detail"]       # asked once
+
+
+def test_fast_path_connection_refused_and_stalled_peer(stub, tmp_path):
+    """A refused connection on the fast path: keystoneauth repeats the call (on the cached
+    token, no login) and its message is the one the keystoneauth path gives. A peer that
+    accepts and never answers: the same timeout message as keystoneauth's, within -t."""
+    port = _closed_port()
+    warm = WarmCache(tmp_path, f"http://127.0.0.1:{port}/v2.1")
+    r = warm.run("-vv")
+    assert r.code == 3, r
+    assert r.status == "HYPERVISORS UNKNOWN - cannot connect to Nova (GET /os-hypervisors/detail): " \
+                       "connection refused", r
+    s = stub()
+    s.url = f"http://127.0.0.1:{port}/v2.1"
+    assert s.run(tmp_path).status == r.status
+    peer = StalledPeer()
+    try:
+        warm = WarmCache(tmp_path, f"http://127.0.0.1:{peer.port}/v2.1", name="stalled")
+        r = warm.run("-t", "3")
+        s.url = f"http://127.0.0.1:{peer.port}/v2.1"
+        expected = s.run(tmp_path, "-t", "3")
+    finally:
+        peer.close()
+    assert r.code == 3 and r.elapsed < 3 + 1, r
+    assert r.status == expected.status == ("HYPERVISORS UNKNOWN - Nova (GET /os-hypervisors/detail) "
+                                           "did not answer within the timeout of 3 s"), (r, expected)
+
+
+def test_token_near_its_expiry_is_not_used_by_the_fast_path(stub, tmp_path):
+    """Less than keystoneauth's 2 minutes left: no fast path; keystoneauth logs in (the
+    closed Keystone port says so) instead of using it."""
+    s = stub()
+    warm = WarmCache(tmp_path, s.url, lifetime=100)
+    r = warm.run()
+    assert r.code == 3 and f"cannot connect to Keystone at {warm.auth_url}" in r.status, r
+    assert s.seen == []
+    warm = WarmCache(tmp_path, s.url, lifetime=300, name="later")
+    assert warm.run().code == 0
+
+
+def _self_signed(tmp_path):
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return cert, key
+
+
+def test_fast_path_over_tls(stub, tmp_path):
+    """HTTPS on the fast path, as requests would verify it: the --os-cacert bundle, or none
+    with --insecure; a certificate of an unknown CA (certifi's bundle is the default, as for
+    requests) hands over to keystoneauth, whose TLS message is the one of the keystoneauth
+    path."""
+    if not shutil.which("openssl"):
+        pytest.skip("no openssl to make a certificate")
+    cert, key = _self_signed(tmp_path)
+    s = stub(tls=(cert, key))
+    warm = WarmCache(tmp_path, s.url)
+    for args in (["--os-cacert", cert], ["--insecure"]):
+        r = warm.run("-v", *args)
+        assert r.code == 0 and FAST in r.stdout, r
+        assert value(r, "vcpus_used") == 6, r
+    r = warm.run()
+    assert r.code == 3, r
+    assert r.status.startswith("HYPERVISORS UNKNOWN - TLS failed with Nova (GET /os-hypervisors/"
+                               "detail): "), r
+    assert r.status == s.run(tmp_path).status
+
+
+def test_fast_path_leaves_proxies_to_keystoneauth(stub, tmp_path):
+    """$http_proxy and the like: requests would send the calls through the proxy, so the run
+    is keystoneauth's (here the proxy is a closed port: it fails, as it would)."""
+    s = stub()
+    warm = WarmCache(tmp_path, s.url)
+    assert FAST in warm.run("-v").stdout
+    r = warm.run("-v", env={"http_proxy": f"http://127.0.0.1:{_closed_port()}"})
+    assert r.code == 3 and "cannot connect to Nova (GET /os-hypervisors/detail)" in r.status, r
+    assert "(fast path" not in r.stdout
+    assert len(s.seen) == 7, s.seen              # the first run's requests only

@@ -23,9 +23,15 @@ Answers are checked, not trusted (docs/faults-nova.md): a number is a JSON numbe
 out of the totals as a whole and named with the reason (WARNING, UNKNOWN when none is
 usable); a malformed list, flavor or aggregate is UNKNOWN; paging never repeats a marker.
 
-The calls are plain keystoneauth session requests with microversion headers, not
+The calls are plain GETs with microversion headers (openstack.Connection.get), not
 python-novaclient: it has no Placement client anyway, importing novaclient.v2 costs about
-60 ms more per run (measured), and its hypervisor objects add nothing to the JSON.
+60 ms more per run (measured), and its hypervisor objects add nothing to the JSON. On a warm
+run (a cached token with its catalog) they go out through the standard library without
+importing keystoneauth1 at all, else through a keystoneauth session (openstack.py says when);
+the answers, errors and messages are the same either way.
+
+The output is kept within --max-output (plugin.fit): the per-hypervisor perfdata goes first,
+then long output lines from the end.
 """
 import argparse
 import json
@@ -128,6 +134,12 @@ def _regex(text):
         _fail(f"not a valid regular expression {text!r}: {exc}")
 
 
+def _positive_int(text):
+    if not text.isdigit() or int(text) < 1:
+        _fail(f"not a positive whole number: {text!r}")
+    return int(text)
+
+
 def _name(text):
     """A flavor, aggregate or zone name: Nova has no blank ones."""
     if not text.strip():
@@ -207,6 +219,10 @@ Examples:
                         help="microversion of the hypervisor list (auto: 2.53, else 2.1)")
     source.add_argument("--perfdata-per-hypervisor", action="store_true",
                         help="perfdata for each hypervisor too (used and %% used per resource)")
+    source.add_argument("--max-output", type=_positive_int, default=60000, metavar="BYTES",
+                        help="keep the output under this size, dropping the per-hypervisor "
+                             "perfdata first, then long output lines from the end (default "
+                             "60000, under NRPE's 64 KB; 1000 for NRPE v2 clients)")
     from . import openstack
     openstack.add_arguments(parser, argv)
     return parser
@@ -624,7 +640,20 @@ def measure(args):
         conn.save_token()
     # a token that could not be saved is told too (the output was made before the save)
     report.long_output.extend(note for note in conn.notes if note not in report.long_output)
-    return report
+    # lines past the budget can never be shown: cut them before plugin.fit, which drops one
+    # line at a time and renders the whole output each time (over 10 s for 4000 lines at -v)
+    report.long_output = _within(report.long_output, args.max_output)
+    return plugin.fit(NAME, report, args.max_output, getattr(report, "lighter_perfdata", ()))
+
+
+def _within(lines, budget):
+    """The first of the long output lines that fit in `budget` bytes once rendered."""
+    total = 0
+    for n, line in enumerate(lines):
+        total += len(plugin.plain(line).encode("utf-8", "replace")) + 1
+        if total > budget:
+            return lines[:n]
+    return lines
 
 
 def _measure(args, conn, started):
@@ -811,7 +840,15 @@ def evaluate(args, conn, chosen, source, microversion, flavors, needs, unreporte
                                microversion, elapsed)
     perfdata = _perfdata(args, chosen, usable, down, disabled, totals, fits, warning, critical,
                          hv_warning, hv_critical, down_warn, down_crit, fit_warn, fit_crit)
-    return plugin.Report(overall, summary, long_output, perfdata)
+    report = plugin.Report(overall, summary, long_output, perfdata)
+    # for plugin.fit, made only if the output is too large: the cloud's perfdata alone
+    report.lighter_perfdata = (
+        (_perfdata(args, chosen, usable, down, disabled, totals, fits, warning, critical,
+                   hv_warning, hv_critical, down_warn, down_crit, fit_warn, fit_crit,
+                   per_hypervisor=False),
+         f"(per-hypervisor perfdata left out to stay under {args.max_output} bytes)")
+        for _ in range(1 if args.perfdata_per_hypervisor else 0))
+    return report
 
 
 def plural(count, word):
@@ -902,7 +939,8 @@ def _long_output(args, conn, chosen, usable, totals, flavors, needs, fits, sourc
 
 
 def _perfdata(args, chosen, usable, down, disabled, totals, fits, warning, critical,
-              hv_warning, hv_critical, down_warn, down_crit, fit_warn, fit_crit):
+              hv_warning, hv_critical, down_warn, down_crit, fit_warn, fit_crit,
+              per_hypervisor=True):
     tokens = []
     for resource in RESOURCES:
         if resource not in totals:
@@ -922,7 +960,7 @@ def _perfdata(args, chosen, usable, down, disabled, totals, fits, warning, criti
                         args.disabled_critical, 0))
     for name, count in fits.items():
         tokens.append(token(f"fits_{label(name)}", count, "", fit_warn, fit_crit, 0))
-    if args.perfdata_per_hypervisor:
+    if args.perfdata_per_hypervisor and per_hypervisor:
         keys = _label_keys(chosen)
         labels = Labels(keys.values())
         for hv in chosen:
