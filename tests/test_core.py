@@ -239,3 +239,15 @@ def test_concurrent_updates_are_merged(tmp_path):
     for w in workers:
         w.join()
     assert StateFile(path).load() == {f"k{i}": True for i in range(20)}
+
+
+def test_fit_keeps_output_within_the_limit_lightest_first():
+    lines = [f"line {i} " + "x" * 90 for i in range(5000)]
+    report = plugin.Report(2, "summary", list(lines), ["a=1"] * 2000)
+    fitted = plugin.fit("X", report, 8000, [(["a=1"] * 10, "(perfdata cut)")])
+    out = plugin.render("X", fitted).encode()
+    assert len(out) <= 8000
+    assert fitted.long_output == lines[:len(fitted.long_output)] and fitted.long_output
+    assert fitted.perfdata == ["a=1"] * 10
+    tiny = plugin.fit("X", plugin.Report(0, "s" * 5000, [], ["b=2"]), 100)
+    assert len(plugin.render("X", tiny).encode()) <= 100 and tiny.perfdata == []

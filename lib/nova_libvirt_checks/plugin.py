@@ -77,8 +77,10 @@ def fit(name, report, max_bytes, lighter_perfdata=()):
         if size() + len(note) + 1 <= max_bytes:
             report.long_output.append(note)
             return report
-    while report.long_output and size() > max_bytes:
-        report.long_output.pop()
+    # drop long output lines from the end: sizes summed once, not the output re-rendered per line
+    excess = size() - max_bytes
+    while report.long_output and excess > 0:
+        excess -= len(plain(report.long_output.pop()).encode("utf-8")) + 1
     if size() > max_bytes:
         report.perfdata = []
     excess = size() - max_bytes
