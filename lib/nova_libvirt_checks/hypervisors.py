@@ -39,7 +39,6 @@ import math
 import re
 import time
 import urllib.parse
-import warnings
 
 from . import plugin
 from .perfdata import Labels, label, token
@@ -123,23 +122,6 @@ def fits_type(text):
     return rng
 
 
-def _regex(text):
-    # a pattern Python warns about (FutureWarning: "Possible nested set") is refused: the
-    # warning would go to stderr, which Icinga 2 appends to the plugin output
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            return re.compile(text)
-    except (re.error, Warning) as exc:
-        _fail(f"not a valid regular expression {text!r}: {exc}")
-
-
-def _positive_int(text):
-    if not text.isdigit() or int(text) < 1:
-        _fail(f"not a positive whole number: {text!r}")
-    return int(text)
-
-
 def _name(text):
     """A flavor, aggregate or zone name: Nova has no blank ones."""
     if not text.strip():
@@ -207,9 +189,9 @@ Examples:
     select.add_argument("--availability-zone", type=_name, action="append", default=[],
                         metavar="NAME",
                         help="only hypervisors in this availability zone; repeatable")
-    select.add_argument("--hypervisor", type=_regex, action="append", default=[], metavar="REGEX",
+    select.add_argument("--hypervisor", type=plugin.regex, action="append", default=[], metavar="REGEX",
                         help="only hypervisors whose name matches (searched); repeatable")
-    select.add_argument("--exclude-hypervisor", type=_regex, action="append", default=[],
+    select.add_argument("--exclude-hypervisor", type=plugin.regex, action="append", default=[],
                         metavar="REGEX", help="leave out hypervisors whose name matches")
     source = parser.add_argument_group("source and output")
     source.add_argument("--source", choices=("auto", "placement", "nova"), default="auto",
@@ -219,7 +201,7 @@ Examples:
                         help="microversion of the hypervisor list (auto: 2.53, else 2.1)")
     source.add_argument("--perfdata-per-hypervisor", action="store_true",
                         help="perfdata for each hypervisor too (used and %% used per resource)")
-    source.add_argument("--max-output", type=_positive_int, default=60000, metavar="BYTES",
+    source.add_argument("--max-output", type=plugin.positive_int, default=60000, metavar="BYTES",
                         help="keep the output under this size, dropping the per-hypervisor "
                              "perfdata first, then long output lines from the end (default "
                              "60000, under NRPE's 64 KB; 1000 for NRPE v2 clients)")

@@ -7,8 +7,6 @@ run's sample, compare each selected instance with the limits, and tell who break
 import argparse
 import hashlib
 import math
-import warnings
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -31,15 +29,6 @@ STATE_VERSION = 1
 
 # ---------------------------------------------------------------- arguments
 
-def _regex(text):
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            return re.compile(text)
-    except (re.error, Warning) as exc:
-        raise argparse.ArgumentTypeError(f"not a valid regular expression {text!r}: {exc}") from None
-
-
 def _states(text):
     names = [part.strip() for part in text.split(",") if part.strip()]
     unknown = [n for n in names if n not in STATE_NAMES]
@@ -57,12 +46,6 @@ def _non_negative(text):
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number, not negative: {text!r}")
     return value
-
-
-def _positive_int(text):
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
-    return int(text)
 
 
 def _units_of(metric):
@@ -104,19 +87,19 @@ def build_parser():
     select = parser.add_argument_group("selection (regular expressions, searched; excludes win)")
     for option, what in (("tenant", "tenant (project) name or uuid"), ("name", "Nova name"),
                          ("domain", "libvirt domain name or uuid")):
-        select.add_argument(f"--{option}", type=_regex, action="append", default=[], metavar="REGEX",
+        select.add_argument(f"--{option}", type=plugin.regex, action="append", default=[], metavar="REGEX",
                             help=f"only instances whose {what} matches; repeatable")
-        select.add_argument(f"--exclude-{option}", type=_regex, action="append", default=[],
+        select.add_argument(f"--exclude-{option}", type=plugin.regex, action="append", default=[],
                             metavar="REGEX", help=f"leave out instances whose {what} matches")
     select.add_argument("--skip-non-nova", action="store_true",
                         help="leave out domains without Nova metadata (default: named by libvirt name)")
     output = parser.add_argument_group("output")
-    output.add_argument("--top", type=_positive_int, default=10, metavar="N",
+    output.add_argument("--top", type=plugin.positive_int, default=10, metavar="N",
                         help="long output: the N worst instances, one line each (default 10)")
     output.add_argument("--perfdata", choices=("all", "offenders", "totals", "none"), default="all",
                         help="per-instance perfdata for all instances (default), only those over a "
                              "limit, or only host totals and counts")
-    output.add_argument("--max-output", type=_positive_int, default=60000, metavar="BYTES",
+    output.add_argument("--max-output", type=plugin.positive_int, default=60000, metavar="BYTES",
                         help="keep the output under this size, dropping per-instance perfdata of "
                              "instances within limits first (default 60000, under NRPE's 64 KB; "
                              "1000 for NRPE v2 clients)")

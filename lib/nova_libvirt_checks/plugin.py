@@ -178,6 +178,27 @@ def seconds(text):
     return value
 
 
+def regex(text):
+    """An argparse type: a regular expression. One Python only warns about (FutureWarning:
+    "Possible nested set") is refused too: the warning would go to stderr, which Icinga 2
+    appends to the plugin output."""
+    import re
+    import warnings
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            return re.compile(text)
+    except (re.error, Warning) as exc:
+        raise argparse.ArgumentTypeError(f"not a valid regular expression {text!r}: {exc}") from None
+
+
+def positive_int(text):
+    """An argparse type: a whole number of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
+    return int(text)
+
+
 def _traceback():
     import traceback    # only on the -vvv error path
     return traceback.format_exc().splitlines()
