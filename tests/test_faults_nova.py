@@ -41,6 +41,8 @@ import urllib.parse
 import warnings
 
 import pytest
+
+from tests.conftest import service_unavailable
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from nova_libvirt_checks import hypervisors as hv_check, plugin
@@ -1413,7 +1415,7 @@ def test_state_directory_of_another_user_is_refused(cloud, keystone_user, tmp_pa
     """The state directory belongs to another user (nobody; world-writable even, as one
     planted in /var/tmp could be): refused, nothing written there."""
     if os.geteuid() != 0:
-        pytest.skip("needs root to make a directory of another user")
+        service_unavailable("needs root to make a directory of another user")
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     os.chown(foreign, 65534, 65534)
