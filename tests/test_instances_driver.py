@@ -171,3 +171,22 @@ def test_concurrent_runs_share_one_state_file(state_dir):
     assert all(err == "" for _, err in outputs)
     path = [os.path.join(state_dir, f) for f in os.listdir(state_dir) if f.endswith(".json")][0]
     assert len(json.load(open(path))["samples"]) == 8        # every active domain, none lost
+
+
+def test_a_domain_recreated_under_the_same_id_gets_all_its_metrics_or_none(state_dir):
+    """libvirtd hands out domain ids from 1 again after its own restart: a re-created domain can
+    carry the same uuid and id as the stored sample, with most counters smaller and some (error
+    counters at 0) equal. It must not report the half of its metrics whose counters did not go
+    back: it is measured afresh within the run, with its whole metric set."""
+    reference = check(state_dir + "-ref")
+    check(state_dir, "--interval", "0")
+    path = [os.path.join(state_dir, f) for f in os.listdir(state_dir) if f.endswith(".json")][0]
+    document = json.load(open(path))
+    for sample in document["samples"].values():
+        sample["c"] = {key: value * 10 if not key.endswith(("errors", "drops")) else value
+                       for key, value in sample["c"].items()}
+    json.dump(document, open(path, "w"))
+    result = check(state_dir)
+    assert_plugin_output(result, 0)
+    assert set(result.perfdata) == set(reference.perfdata)
+    assert "collecting baseline" not in result.stdout and "no rates" not in result.stdout

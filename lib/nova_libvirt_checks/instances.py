@@ -431,7 +431,9 @@ def evaluate(args, instances, host_cpus, mode, notes):
     summary = _summary(instances, offenders, total_problems, totals, unmeasured, measured)
     if notes:
         summary += " (" + "; ".join(notes) + ")"
-    ordered = offenders + sorted((i for i in instances if not i.problems), key=_busiest_first)
+    # within limits: running ones first, then by name, so the lines keep their order run to run
+    ordered = offenders + sorted((i for i in instances if not i.problems),
+                                 key=lambda i: (i.state != "running", i.name, i.uuid))
     long_output = [_line(i) for i in ordered[:args.top]]
     if len(ordered) > args.top:
         long_output.append(f"... and {len(ordered) - args.top} more instances (--top {args.top})")
@@ -443,13 +445,6 @@ def evaluate(args, instances, host_cpus, mode, notes):
                 f"(perfdata cut to {mode} to stay under {args.max_output} bytes)")
                for mode in ("offenders", "totals") if args.perfdata in ("all", "offenders") and mode != args.perfdata)
     return plugin.fit(NAME, report, args.max_output, lighter)
-
-
-def _busiest_first(inst):
-    """Within limits, the busiest first: by disk plus network bytes, then CPU."""
-    io = sum(inst.values.get(m, 0) for m in ("disk_read_bytes", "disk_write_bytes", "net_rx_bytes",
-                                              "net_tx_bytes"))
-    return -io, -inst.values.get("cpu", 0), inst.name, inst.uuid
 
 
 def _summary(instances, offenders, total_problems, totals, unmeasured, measured):

@@ -1,9 +1,11 @@
 """Per-second rates from two counter samples, and the metrics a check can put limits on.
 
 A rate needs two samples of the same run of the same domain: when the domain was restarted
-in between (its libvirt id changed), or a counter went backwards (re-created, migrated back,
-a device unplugged and another plugged under the same name), there is no rate for it this
-time: never a negative rate, never a spike made of a whole counter's value.
+in between (its libvirt id changed), or any counter went backwards (re-created or migrated
+back under the same id - libvirtd hands out ids from 1 again after its own restart -, a device
+unplugged and another plugged under the same name), the domain has no rates this time, and
+the next run compares with this sample: never a negative rate, never a spike made of a whole
+counter's value, never a half set of metrics.
 """
 from dataclasses import dataclass
 
@@ -44,28 +46,24 @@ def to_state(sample):
 
 
 def comparable(previous, sample):
-    """Whether a stored sample gives rates with this one: same run of the domain, earlier,
-    and at least one counter that did not go backwards."""
+    """Whether a stored sample gives rates with this one: same run of the domain (same id, no
+    counter gone backwards), taken earlier, with at least one counter in common."""
     if not previous or previous.get("id") != sample.id or sample.time - previous.get("t", sample.time) <= 0:
         return False
     old = previous.get("c") or {}
-    return any(isinstance(old.get(key), int) and value >= old[key] for key, value in sample.counters.items())
+    shared = [(old[key], value) for key, value in sample.counters.items() if isinstance(old.get(key), int)]
+    return bool(shared) and all(value >= before for before, value in shared)
 
 
 def rates(previous, sample, vcpus):
     """{metric: value per second (cpu in % of the vCPUs)} between a stored sample (to_state)
     and a new one; {} when the two do not belong to the same run of the domain."""
-    if not previous or previous.get("id") != sample.id:
+    if not comparable(previous, sample):
         return {}
-    elapsed = sample.time - previous.get("t", sample.time)
-    if elapsed <= 0:
-        return {}
-    old = previous.get("c") or {}
-    deltas = {}
-    for key, value in sample.counters.items():
-        before = old.get(key)
-        if isinstance(before, int) and value >= before:
-            deltas[key] = value - before
+    elapsed = sample.time - previous["t"]
+    old = previous["c"]
+    deltas = {key: value - old[key] for key, value in sample.counters.items()
+              if isinstance(old.get(key), int)}
     result = {}
     if "cpu" in deltas and vcpus:
         result["cpu"] = deltas.pop("cpu") / (elapsed * 1e9 * vcpus) * 100
