@@ -514,7 +514,7 @@ def healthy(n=3):
 def valid_count(value):
     """What the check may count: a JSON number, not a boolean, finite, 0 <= value <= 2**53."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) \
-        and math.isfinite(value) and 0 <= value <= 2**53
+        and 0 <= value <= 2**53        # NaN fails both; math.isfinite overflows on huge ints
 
 
 def _json(answer):

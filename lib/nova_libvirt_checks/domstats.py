@@ -81,39 +81,49 @@ class Sampler:
         groups = (lv.VIR_DOMAIN_STATS_STATE | lv.VIR_DOMAIN_STATS_CPU_TOTAL | lv.VIR_DOMAIN_STATS_BALLOON
                   | lv.VIR_DOMAIN_STATS_VCPU | lv.VIR_DOMAIN_STATS_INTERFACE | lv.VIR_DOMAIN_STATS_BLOCK)
         try:
-            records = self.conn.getAllDomainStats(groups, lv.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
+            records = self._stamped(self.conn.getAllDomainStats, groups,
+                                    lv.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
         except lv.libvirtError as exc:
             if exc.get_error_code() not in (lv.VIR_ERR_INVALID_ARG, lv.VIR_ERR_NO_SUPPORT):
                 raise
-            records = self.conn.getAllDomainStats(groups, 0)   # a daemon older than NOWAIT
+            records = self._stamped(self.conn.getAllDomainStats, groups, 0)  # older than NOWAIT
         else:
             records = self._complete(records, groups)
-        now = time.monotonic()
         samples, domains = {}, {}
-        for dom, record in records:
+        for dom, record, when in records:
             sample = DomainSample(dom.UUIDString(), dom.name(), dom.ID(),
-                                  record.get("state.state", 0), now, record.get("vcpu.current"))
+                                  record.get("state.state", 0), when, record.get("vcpu.current"))
             if sample.active:
                 _read_record(record, sample)
             samples[sample.uuid] = sample
             domains[sample.uuid] = dom
         return samples, domains
 
+    @staticmethod
+    def _stamped(call, *args):
+        """[(dom, record, when)]: `when` the middle of the call, the best guess of when the
+        counters were read (a rate over a busy machine's scheduling delay would be a spike)."""
+        before = time.monotonic()
+        records = call(*args)
+        when = (before + time.monotonic()) / 2
+        return [(dom, record, when) for dom, record in records]
+
     def _complete(self, records, groups):
         """Ask the domains whose record lacks its job's fields again (NOWAIT, briefly): a domain
-        in a long job (migration, a hung monitor) stays partial, as NOWAIT intends."""
+        in a long job (migration, a hung monitor) stays partial, as NOWAIT intends. A record
+        asked again carries the time of its own answer."""
         for delay in RETRY_DELAYS:
-            partial = [dom for dom, record in records if _skipped_job_fields(record)]
+            partial = [dom for dom, record, _ in records if _skipped_job_fields(record)]
             if not partial:
                 break
             time.sleep(delay)
             try:
-                again = self.conn.domainListGetStats(
-                    partial, groups, self.libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
+                again = self._stamped(self.conn.domainListGetStats, partial, groups,
+                                      self.libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
             except self.libvirt.libvirtError:
                 break               # a domain went away meanwhile: keep what we have
-            fresher = {dom.UUIDString(): (dom, record) for dom, record in again}
-            records = [fresher.get(dom.UUIDString(), (dom, record)) for dom, record in records]
+            fresher = {dom.UUIDString(): (dom, record, when) for dom, record, when in again}
+            records = [fresher.get(dom.UUIDString(), (dom, record, when)) for dom, record, when in records]
         return records
 
     def _per_domain(self):
