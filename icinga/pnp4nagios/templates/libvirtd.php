@@ -19,48 +19,7 @@ foreach ($NAME as $nlc_i => $nlc_name) {
 }
 $nlc_host = isset($hostname) ? $hostname : '';
 
-/* rrdtool text: no quotes, colons escaped */
-$nlc_text = function ($text) {
-    return str_replace(array('"', ':'), array("'", '\:'), $text);
-};
-/* DEF of label $label as variable $vname */
-$nlc_def = function ($vname, $i) use (&$RRDFILE, &$DS) {
-    return "DEF:$vname=" . $RRDFILE[$i] . ":" . $DS[$i] . ":AVERAGE ";
-};
-/* a threshold for people: (100000000, 1000, 'B/s') -> "100 MB/s",
-   (68719476736, 1024, 'B') -> "64 GiB", (90, 0, '%') -> "90%" */
-$nlc_amount = function ($value, $base, $unit) {
-    $v = (float) $value;
-    $prefixes = array('', 'k', 'M', 'G', 'T', 'P');
-    $p = 0;
-    while ($base && abs($v) >= $base && $p < 5) {
-        $v /= $base;
-        $p++;
-    }
-    $text = rtrim(rtrim(sprintf('%.2f', $v), '0'), '.');
-    $prefix = $p ? $prefixes[$p] . ($base == 1024 ? 'i' : '') : '';
-    $glue = ($prefix === '' && ($unit === '' || $unit[0] == '%' || $unit[0] == '/')) ? '' : ' ';
-    return $text . $glue . $prefix . $unit;
-};
-/* HRULEs at the warning and critical thresholds of data source $i: a plain value or the
-   upper bound of a range alerts above, the lower bound below; an inside (@) range between */
-$nlc_thresholds = function ($i, $unit, $what = '', $base = 0) use (&$WARN, &$WARN_MIN, &$WARN_MAX, &$WARN_RANGE_TYPE, &$CRIT, &$CRIT_MIN, &$CRIT_MAX, &$CRIT_RANGE_TYPE, $nlc_amount) {
-    $out = '';
-    foreach (array(array('warning', '#FFC000', $WARN, $WARN_MIN, $WARN_MAX, $WARN_RANGE_TYPE),
-                   array('critical', '#FF0000', $CRIT, $CRIT_MIN, $CRIT_MAX, $CRIT_RANGE_TYPE)) as $t) {
-        $inside = is_array($t[5]) && isset($t[5][$i]) && $t[5][$i] == 'inside';
-        foreach (array(array($t[2], 'above'), array($t[3], $inside ? 'from' : 'below'),
-                       array($t[4], $inside ? 'to' : 'above')) as $bound) {
-            $source = $bound[0];
-            if (is_array($source) && isset($source[$i]) && is_numeric($source[$i])) {
-                $shown = str_replace(':', '\:', $nlc_amount($source[$i], $base, $unit));
-                $out .= "HRULE:" . $source[$i] . $t[1] . ":\"" . trim("$what " . $t[0]) . " " .
-                    $bound[1] . " $shown\\n\" ";
-            }
-        }
-    }
-    return $out;
-};
+include(dirname(__FILE__) . '/nova_libvirt_checks.inc.php');
 
 $nlc_n = 0;
 
