@@ -16,10 +16,10 @@ from .connection import STATE_WORDS, call_error, default_uri, libvirt_module, op
 from .domstats import Sampler
 from .metadata import NovaInstance
 from .perfdata import label, token
-from .rates import METRICS, comparable, gauges, rates, to_state
+from .rates import METRICS, comparable, gauges, rates, slowest_disk, to_state
 from .state import StateError, StateFile, boot_id, file_for
-from .thresholds import (COUNT_UNITS, PLAIN_UNITS, SIZE_UNITS, breach, describe_breach,
-                         named_range_type)
+from .thresholds import (COUNT_UNITS, MILLISECOND_UNITS, PLAIN_UNITS, SIZE_UNITS, breach,
+                         describe_breach, named_range_type)
 
 NAME = "INSTANCES"
 STATE_NAMES = ("nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed",
@@ -49,7 +49,8 @@ def _non_negative(text):
 
 
 def _units_of(metric):
-    return {"percent": PLAIN_UNITS, "bytes": SIZE_UNITS, "count": COUNT_UNITS}[METRICS[metric].kind]
+    return {"percent": PLAIN_UNITS, "bytes": SIZE_UNITS, "count": COUNT_UNITS,
+            "ms": MILLISECOND_UNITS}[METRICS[metric].kind]
 
 
 def build_parser():
@@ -59,7 +60,9 @@ def build_parser():
         "Per-instance CPU, disk and network I/O rates from libvirt, with limits, naming each "
         "instance by its Nova name and tenant (from Nova's <nova:instance> domain metadata).",
         default_timeout=10,
-        epilog="Metrics (per second, cpu and memory in %): " + metric_names + ".\n"
+        epilog="Metrics (per second; cpu, memory and cpu_delay in %; *_latency in ms per request): "
+               + metric_names + ".\n"
+               "No limits by default; README suggests starting values for the pressure metrics.\n"
                "Sizes take K M G T (x1000) or Ki Mi Gi Ti (x1024), e.g. 50M = 50,000,000 B/s.\n"
                "Examples:\n"
                "  check_libvirt_instances -w disk_write_bytes=50M -c disk_write_bytes=100M -c cpu=95\n"
@@ -73,11 +76,12 @@ def build_parser():
                         metavar="METRIC=RANGE", help="warning range per instance; repeatable")
     parser.add_argument("-c", "--critical", type=limits, action="append", default=[],
                         metavar="METRIC=RANGE", help="critical range per instance; repeatable")
-    parser.add_argument("--total-warning", type=limits, action="append", default=[],
+    total_limits = named_range_type({m for m, spec in METRICS.items() if spec.total}, _units_of)
+    parser.add_argument("--total-warning", type=total_limits, action="append", default=[],
                         metavar="METRIC=RANGE",
                         help="warning range for the sum over the selected instances (cpu: %% of the "
-                             "host's CPUs); repeatable")
-    parser.add_argument("--total-critical", type=limits, action="append", default=[],
+                             "host's CPUs, so is cpu_delay; no latency or memory total); repeatable")
+    parser.add_argument("--total-critical", type=total_limits, action="append", default=[],
                         metavar="METRIC=RANGE", help="critical range for the sum; repeatable")
     parser.add_argument("--state-warning", type=_states, action="append", default=[],
                         metavar="STATES", help="instances in these states (comma list, e.g. "
@@ -173,6 +177,7 @@ class Instance:
     values: Dict[str, float] = field(default_factory=dict)
     problems: List[tuple] = field(default_factory=list)     # (state, text)
     note: Optional[str] = None                               # why not (fully) measured
+    slowest_disk: Optional[tuple] = None                     # (disk, {latency metric: ms})
     label: str = ""
 
     @property
@@ -328,6 +333,7 @@ def _measure(inst, sample, previous, baseline_in_run):
         inst.note = ("no rates (restarted or counters reset during the check)" if baseline_in_run
                      else "collecting baseline, rates from the next run")
     inst.values.update(gauges(sample))
+    inst.slowest_disk = slowest_disk(previous, sample)
 
 
 def _instance(libvirt, names, uuid, dom, sample):
@@ -381,6 +387,8 @@ def _save(store, samples, names, max_age):
 
 def _human(metric, value):
     kind = METRICS[metric].kind
+    if kind == "ms":
+        return f"{value:.0f} ms" if value >= 10 else f"{value:.2g} ms"
     if kind == "percent":
         return f"{value:.0f}%" if value >= 10 else f"{value:.1f}%"
     for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1, "")):
@@ -414,11 +422,12 @@ def evaluate(args, instances, host_cpus, mode, notes):
     instance_labels(instances)
 
     totals = {}
-    for metric in METRICS:
-        values = [i.values[metric] * (i.vcpus or 1) if metric == "cpu" else i.values[metric]
+    for metric, spec in METRICS.items():
+        per_cpu = spec.total == "host_cpus"
+        values = [i.values[metric] * (i.vcpus or 1) if per_cpu else i.values[metric]
                   for i in instances if metric in i.values]
-        if values and metric != "memory":
-            totals[metric] = sum(values) / host_cpus if metric == "cpu" and host_cpus else sum(values)
+        if values and spec.total:
+            totals[metric] = sum(values) / host_cpus if per_cpu and host_cpus else sum(values)
     total_problems = _judge(totals, dict(args.total_warning), dict(args.total_critical))
 
     offenders = sorted((i for i in instances if i.problems), key=lambda i: (-i.worst, i.name, i.uuid))
@@ -434,7 +443,7 @@ def evaluate(args, instances, host_cpus, mode, notes):
     # within limits: running ones first, then by name, so the lines keep their order run to run
     ordered = offenders + sorted((i for i in instances if not i.problems),
                                  key=lambda i: (i.state != "running", i.name, i.uuid))
-    long_output = [_line(i) for i in ordered[:args.top]]
+    long_output = [_line(i, args.verbose) for i in ordered[:args.top]]
     if len(ordered) > args.top:
         long_output.append(f"... and {len(ordered) - args.top} more instances (--top {args.top})")
     if args.verbose:
@@ -480,7 +489,7 @@ def _clip(text, chars):
     return text if len(text) <= chars else text[:chars - 1] + "\u2026"
 
 
-def _line(inst):
+def _line(inst, verbose=0):
     state = plugin.STATE_NAMES[inst.worst]
     where = f"[{inst.domain} {inst.uuid}, {STATE_WORDS.get(inst.state, inst.state)}]"
     if inst.problems:
@@ -492,6 +501,10 @@ def _line(inst):
             detail += f" ({inst.note})"
     else:
         detail = inst.note or ("not running" if inst.state not in ("running", "blocked") else "no rates")
+    if verbose and inst.slowest_disk:
+        disk, latencies = inst.slowest_disk
+        detail += f"; slowest disk {disk}: " + ", ".join(
+            f"{METRICS[m].text.split()[1]} {_human(m, ms)}" for m, ms in latencies.items())
     return f"{state}: {inst.title} {where}: {detail}"
 
 
@@ -518,7 +531,7 @@ def _perfdata(mode, instances, totals, warning, critical, args):
 
 def _token(name, metric, value, warning, critical):
     spec = METRICS[metric]
-    return token(name, round(value, 2 if spec.kind == "percent" else 1), spec.unit, warning, critical,
+    return token(name, round(value, {"percent": 2, "ms": 3}.get(spec.kind, 1)), spec.unit, warning, critical,
                  0, 100 if spec.kind == "percent" else None)
 
 
