@@ -13,7 +13,8 @@ and the gauges `memory_kib` / `memory_used_kib` where the balloon driver reports
 Where the driver reports them (see pressure_counters):
     disk:<dev>:<field>       rd_times wr_times fl_times (ns spent), fl_ops
     cpu_delay                ns the vCPUs were runnable but waited for a host CPU (bulk only)
-    mem:<field>              swap_in swap_out (bytes), major_fault: the guest's own counters
+    mem:<field>              swap_in swap_out (bytes), major_fault: the guest's own counters,
+                             last_update: host time (s) at which QEMU last received them
 """
 import time
 from dataclasses import dataclass, field
@@ -32,8 +33,10 @@ _BLOCK_FIELDS = (("rd.bytes", "rd_bytes"), ("rd.reqs", "rd_ops"),
 # bulk block.N.* and per-domain blockStatsFlags() names of the latency counters
 _LATENCY_FIELDS = (("rd.times", "rd_total_times", "rd_times"), ("wr.times", "wr_total_times", "wr_times"),
                    ("fl.times", "flush_total_times", "fl_times"), ("fl.reqs", "flush_operations", "fl_ops"))
-# balloon guest statistics (KiB, KiB, count), absent unless the guest's driver reports them
-_MEMORY_FIELDS = (("swap_in", 1024), ("swap_out", 1024), ("major_fault", 1))
+# balloon guest statistics (KiB, KiB, count; bulk name of the last, per-domain name, factor),
+# absent unless the guest's driver reports them; last_update: when QEMU last received them
+_MEMORY_FIELDS = (("swap_in", "swap_in", 1024), ("swap_out", "swap_out", 1024),
+                  ("major_fault", "major_fault", 1), ("last-update", "last_update", 1))
 _NET_FIELDS = (("rx.bytes", "rx_bytes"), ("rx.pkts", "rx_packets"), ("rx.errs", "rx_errors"),
                ("rx.drop", "rx_drops"), ("tx.bytes", "tx_bytes"), ("tx.pkts", "tx_packets"),
                ("tx.errs", "tx_errors"), ("tx.drop", "tx_drops"))
@@ -187,7 +190,7 @@ class Sampler:
                 pass
             layout["balloon"] = bool(memory)
         _memory_gauges(memory.get("available"), memory.get("usable", memory.get("unused")), sample)
-        _memory_counters(memory.get, sample)
+        _memory_counters(memory.get, 1, sample)
 
     def _block_stats_flags(self, dom, disk, layout, sample):
         """blockStats() plus the latency counters where the driver has them (QEMU; not LXC or
@@ -258,11 +261,11 @@ def pressure_counters(record, sample):
     online = [i for i in range(record.get("vcpu.maximum", 0)) if f"vcpu.{i}.state" in record]
     if online and all(f"vcpu.{i}.delay" in record for i in online):
         sample.counters["cpu_delay"] = sum(record[f"vcpu.{i}.delay"] for i in online)
-    _memory_counters(lambda name: record.get(f"balloon.{name}"), sample)
+    _memory_counters(lambda name: record.get(f"balloon.{name}"), 0, sample)
 
 
-def _memory_counters(get, sample):
-    for name, factor in _MEMORY_FIELDS:
-        value = get(name)
+def _memory_counters(get, which, sample):
+    for *names, factor in _MEMORY_FIELDS:
+        value = get(names[which])
         if value is not None and value >= 0:
-            sample.counters[f"mem:{name}"] = value * factor
+            sample.counters[f"mem:{names[1]}"] = value * factor

@@ -19,7 +19,7 @@ class Metric:
     unit: str          # perfdata UOM
     text: str          # for people
     kind: str          # "bytes" (B/s), "count" (/s), "percent" or "ms" (per request)
-    device: str = ""   # "disk", "net" or "mem": summed over the domain's devices of that kind
+    device: str = ""   # "disk" or "net": summed over the domain's devices of that kind
     fields: tuple = ()
     total: str = "sum"  # host total: "sum", "host_cpus" (% of the host's CPUs) or "" (none)
 
@@ -42,10 +42,13 @@ METRICS = {m.name: m for m in (
     Metric("disk_write_latency", "ms", "disk write latency", "ms", total=""),
     Metric("disk_flush_latency", "ms", "disk flush latency", "ms", total=""),
     Metric("cpu_delay", "%", "CPU delay", "percent", total="host_cpus"),
-    Metric("mem_swap_in", "B", "swap in", "bytes", "mem", ("swap_in",)),
-    Metric("mem_swap_out", "B", "swap out", "bytes", "mem", ("swap_out",)),
-    Metric("mem_major_faults", "", "major faults", "count", "mem", ("major_fault",)),
+    Metric("mem_swap_in", "B", "swap in", "bytes"),
+    Metric("mem_swap_out", "B", "swap out", "bytes"),
+    Metric("mem_major_faults", "", "major faults", "count"),
 )}
+
+# memory metric -> the guest's counter (mem:<field>), a rate over the guest's own window
+GUEST_MEMORY = {"mem_swap_in": "swap_in", "mem_swap_out": "swap_out", "mem_major_faults": "major_fault"}
 
 # latency metric -> (counter field of the time spent, ns; of the requests), per disk
 LATENCIES = {"disk_read_latency": ("rd_times", "rd_ops"), "disk_write_latency": ("wr_times", "wr_ops"),
@@ -115,9 +118,11 @@ def _latency(fields, times, requests):
 
 
 def pressure(deltas, elapsed, vcpus):
-    """The latency and CPU delay metrics from counter deltas (swap and faults are plain rates):
-    average ms per request over all disks, absent (not 0) when there was no request; CPU delay
-    (time the vCPUs were runnable but waited for a host CPU) in % of the window and vCPUs."""
+    """The metrics that are not plain rates over the window, from counter deltas: average ms
+    per request over all disks, absent (not 0) when there was no request; CPU delay (time the
+    vCPUs were runnable but waited for a host CPU) in % of the window and vCPUs; swap and major
+    faults per second between the two times the guest sent its balloon statistics, absent when
+    it sent none in the window (no stats period: libvirt keeps showing the figures of boot)."""
     result = {}
     disks = _per_disk(deltas).values()
     for metric, (times, requests) in LATENCIES.items():
@@ -127,6 +132,10 @@ def pressure(deltas, elapsed, vcpus):
             result[metric] = sum(spent for spent, _ in pairs) / count / 1e6
     if "cpu_delay" in deltas and vcpus:
         result["cpu_delay"] = deltas["cpu_delay"] / (elapsed * 1e9 * vcpus) * 100
+    guest_seconds = deltas.get("mem:last_update", 0)
+    for metric, field in GUEST_MEMORY.items():
+        if guest_seconds > 0 and f"mem:{field}" in deltas:
+            result[metric] = deltas[f"mem:{field}"] / guest_seconds
     return result
 
 
