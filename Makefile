@@ -13,7 +13,7 @@ APT_BUILD := gcc pkg-config libvirt-dev python3-dev python3-venv libvirt-clients
 APT_SERVICES := libvirt-daemon-system qemu-system-x86 qemu-utils busybox-static cpio iproute2 \
 	mariadb-server rabbitmq-server icinga2 icinga2-bin icinga2-common nagios4-core \
 	nagios-nrpe-server nagios-nrpe-plugin monitoring-plugins-basic rrdtool librrds-perl \
-	curl jq procps bc openssl util-linux php-cli faketime strace
+	curl jq procps bc openssl util-linux php-cli faketime strace nbdkit
 PYTEST_ARGS ?=
 # where `make install` puts the venv and the plugin links (NRPE's default plugin dir)
 PREFIX ?= /opt/nova-libvirt-checks
