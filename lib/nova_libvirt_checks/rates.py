@@ -121,8 +121,8 @@ def pressure(deltas, elapsed, vcpus):
     """The metrics that are not plain rates over the window, from counter deltas: average ms
     per request over all disks, absent (not 0) when there was no request; CPU delay (time the
     vCPUs were runnable but waited for a host CPU) in % of the window and vCPUs; swap and major
-    faults per second between the two times the guest sent its balloon statistics, absent when
-    it sent none in the window (no stats period: libvirt keeps showing the figures of boot)."""
+    faults per second between the two times the guest sent its balloon statistics (0 when it
+    sent none in the window: nothing new reported; the sampler leaves out stale statistics)."""
     result = {}
     disks = _per_disk(deltas).values()
     for metric, (times, requests) in LATENCIES.items():
@@ -132,10 +132,10 @@ def pressure(deltas, elapsed, vcpus):
             result[metric] = sum(spent for spent, _ in pairs) / count / 1e6
     if "cpu_delay" in deltas and vcpus:
         result["cpu_delay"] = deltas["cpu_delay"] / (elapsed * 1e9 * vcpus) * 100
-    guest_seconds = deltas.get("mem:last_update", 0)
+    guest_seconds = deltas.get("mem:last_update")
     for metric, field in GUEST_MEMORY.items():
-        if guest_seconds > 0 and f"mem:{field}" in deltas:
-            result[metric] = deltas[f"mem:{field}"] / guest_seconds
+        if guest_seconds is not None and f"mem:{field}" in deltas:
+            result[metric] = deltas[f"mem:{field}"] / guest_seconds if guest_seconds else 0.0
     return result
 
 
