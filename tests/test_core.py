@@ -159,6 +159,97 @@ def test_deadline_fires_while_blocked_in_a_c_call():
     assert elapsed < 1 + 1.0
 
 
+# ---------------------------------------------------------------- the nagiosplugin adapter
+
+MODEL = """
+import sys
+import nagiosplugin
+from nova_libvirt_checks import plugin, thresholds
+
+class Pool(nagiosplugin.Resource):
+    def probe(self):
+        mode = sys.argv[-1]
+        if mode == "empty":
+            return []
+        if mode == "ours":
+            raise plugin.CheckError("pool unreachable", plugin.CRITICAL)
+        if mode == "theirs":
+            raise nagiosplugin.CheckError("pool half read")
+        if mode == "hang":
+            import socket
+            a, b = socket.socketpair()
+            a.recv(1)
+        # yielded in this order on purpose: not alphabetical
+        return [nagiosplugin.Metric("zeta", 1e-7, "s", min=0),
+                nagiosplugin.Metric("alpha.web-01", 12345678901234.5, "B", min=0, max=2**60),
+                nagiosplugin.Metric("mid", 7, context="mid")]
+
+class PoolSummary(nagiosplugin.Summary):
+    def ok(self, results):
+        return "pool fine | forged=1\\nSECOND LINE"
+    def problem(self, results):
+        return "; ".join(str(r) for r in results if r.state != nagiosplugin.Ok)
+    def verbose(self, results):
+        return ["detail one", "detail two"]
+
+def make_check(args):
+    return nagiosplugin.Check(
+        Pool(), plugin.ThresholdContext("zeta"), plugin.ThresholdContext("alpha.web-01"),
+        plugin.ThresholdContext("mid", thresholds.parse_range("5"), thresholds.parse_range("@~:-1"),
+                                what="mid count"),
+        PoolSummary())
+
+parser = plugin.ArgumentParser("check_x", "test")
+parser.add_argument("mode")
+plugin.run("X", parser, make_check, timeout_state=plugin.CRITICAL,
+           timeout_message=lambda args: f"no answer within {args.timeout:g} s")
+"""
+
+
+def test_adapter_output_keeps_order_labels_and_plain_numbers():
+    """nagiosplugin sorts perfdata, quotes labels with . or -, prints 1e-07, and moves perfdata
+    to the last line at -v; the adapter keeps probe order, bare labels, plain numbers, first line."""
+    proc = _run(MODEL, "-v", "fine")
+    assert proc.returncode == 1 and proc.stderr == "", proc
+    first, *rest = proc.stdout.splitlines()
+    assert first == ("X WARNING - mid count 7 > 5 | zeta=0s;;;0 "
+                     "alpha.web-01=12345678901234.5B;;;0;1152921504606846976 mid=7;5;@~:-1")
+    assert rest == ["detail one", "detail two"]
+    for tok in first.split(" | ")[1].split():
+        assert PERFDATA_TOKEN.fullmatch(tok), tok
+
+
+def test_adapter_summary_text_is_made_plain_and_long_output_only_at_v():
+    code = MODEL.replace('nagiosplugin.Metric("mid", 7', 'nagiosplugin.Metric("mid", 3')
+    proc = _run(code, "fine")
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("X OK - pool fine \u00a6 forged=1?SECOND LINE | zeta=0s")
+    assert proc.stdout.count("\n") == 1
+
+
+@pytest.mark.parametrize("mode, code, line", [
+    ("ours", 2, "X CRITICAL - pool unreachable"),
+    ("theirs", 3, "X UNKNOWN - pool half read"),
+    ("empty", 3, "X UNKNOWN - no check results"),
+])
+def test_adapter_errors_in_probe_are_one_line(mode, code, line):
+    """Our CheckError ends the check with its state; nagiosplugin's is an UNKNOWN result; a
+    resource without metrics is UNKNOWN, and nagiosplugin's log warning about it stays off stderr."""
+    proc = _run(MODEL, mode)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (code, line + "\n", "")
+
+
+def test_adapter_deadline_fires_while_blocked_in_a_c_call():
+    proc = _run(MODEL, "-t", "1", "hang")
+    assert (proc.returncode, proc.stdout) == (2, "X CRITICAL - no answer within 1 s\n")
+
+
+def test_adapter_bad_argument_is_unknown_not_2():
+    proc = _run(MODEL, "-t", "x", "fine")
+    assert proc.returncode == 3 and proc.stdout.startswith("X UNKNOWN - invalid argument: ")
+    assert proc.stderr == ""
+
+
 BROKEN = """
 from nova_libvirt_checks import plugin
 def measure(args):
