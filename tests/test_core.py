@@ -2,13 +2,12 @@
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from nova_libvirt_checks import perfdata, plugin, thresholds
 from nova_libvirt_checks.state import StateFile, file_for, private_dir

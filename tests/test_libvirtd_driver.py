@@ -3,7 +3,6 @@
 No daemon is needed here: the test driver runs inside the client library, and the fault
 cases use Unix sockets this test makes itself (missing, refused, accepts but never answers).
 """
-import os
 import socket
 import subprocess
 import sys
