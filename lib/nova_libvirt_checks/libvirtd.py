@@ -15,10 +15,10 @@ from typing import Iterator, NoReturn, Optional, Sequence
 
 import nagiosplugin
 
-from . import plugin
+from . import plugin, sizes
 from .connection import (DOMAIN_STATES, STATE_WORDS, call_error, default_uri, libvirt_module,
                          open_connection, version_string)
-from .thresholds import NUMBERS, TIME_UNITS, human_seconds, named_range_type, range_type
+from .thresholds import NUMBERS, TIME_UNITS, named_range_type, range_type
 
 NAME = "LIBVIRTD"
 COUNTED = list(DOMAIN_STATES.values()) + ["total"]
@@ -117,7 +117,7 @@ def make_check(args: argparse.Namespace) -> nagiosplugin.Check:
     daemon = Libvirtd(args.connect or default_uri(), args.read_write)
     warning, critical = dict(args.domains_warning), dict(args.domains_critical)
     contexts = [plugin.ThresholdContext("time", args.warning, args.critical,
-                                        what="response time", show=human_seconds)]
+                                        what="response time", show=sizes.seconds)]
     contexts += [plugin.ThresholdContext(
         count_label(state), warning.get(state), critical.get(state),
         what="domains" if state == "total" else f"{STATE_WORDS.get(state, state)} domains")

@@ -1,11 +1,11 @@
-"""Thresholds and units: Nagios ranges (`10`, `10:`, `~:10`, `10:20`, `@10:20`) with unit
-suffixes, and numbers shown back to the operator.
+"""Thresholds: Nagios ranges (`10`, `10:`, `~:10`, `10:20`, `@10:20`) with unit suffixes.
 
 The range semantics are nagiosplugin's Range: a value outside the range raises the alert,
 `@` inverts. We only add units, so that `-w disk_write_bytes=50M` or `-w 500ms` reads as the
 operator means it, and strict validation: anything that does not parse is an error naming
-the text, never a silently ignored threshold. The same place formats numbers: for perfdata
-(`format_number`, `format_range`: never an exponent) and for people (`human_*`).
+the text, never a silently ignored threshold. Numbers and ranges are printed back here too,
+as perfdata wants them (`format_number`, `format_range`: never an exponent); numbers for
+people are sizes.py's.
 """
 from __future__ import annotations
 
@@ -157,39 +157,3 @@ def describe_breach(value: Number, rng: nagiosplugin.Range,
         return f"{show(value)} > {show(rng.end)}"
     return f"{show(value)} < {show(rng.start)}"
 
-
-# ---------------------------------------------------------------- numbers for people
-
-def _decimal(value: Number) -> tuple[str, str]:
-    """`value` scaled to a decimal prefix: (digits, prefix), three significant digits."""
-    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1, "")):
-        if abs(value) >= factor or factor == 1:
-            number = value / factor
-            return (f"{number:.0f}" if number >= 100 or number == int(number)
-                    else f"{number:.3g}"), prefix
-    raise AssertionError("unreachable")
-
-
-def human_size(value: Number, unit: str = "B") -> str:
-    """A size or byte rate with a decimal prefix, as disks and networks count: '1.5 MB/s'."""
-    digits, prefix = _decimal(value)
-    return f"{digits} {prefix}{unit}"
-
-
-def human_count(value: Number) -> str:
-    """A count or rate of things with a decimal prefix: '1.5k', '12M'."""
-    digits, prefix = _decimal(value)
-    return f"{digits}{prefix}"
-
-
-def human_memory(value: Number) -> str:
-    """Memory or disk capacity in binary units, as Nova's flavors count: '16 GiB', '10.5 TiB'."""
-    gib = value / 2**30
-    if gib >= 10240:
-        return f"{gib / 1024:.1f} TiB"
-    return f"{gib:.0f} GiB" if gib >= 100 or gib == int(gib) else f"{gib:.1f} GiB"
-
-
-def human_seconds(value: Number) -> str:
-    """A duration: '2 s', '1.5 s', '0.012 s' (milliseconds kept below one second)."""
-    return f"{value:g} s" if value == int(value) or value >= 1 else f"{value:.3f} s"
