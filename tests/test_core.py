@@ -9,7 +9,7 @@ import threading
 import pytest
 from hypothesis import given, strategies as st
 
-from nova_libvirt_checks import perfdata, plugin, thresholds
+from nova_libvirt_checks import perfdata, plugin, sizes, thresholds
 from nova_libvirt_checks.state import StateFile, file_for, private_dir
 from tests.checkrun import PERFDATA_TOKEN, ROOT
 
@@ -72,6 +72,19 @@ def test_state_of():
     assert thresholds.state_of(25) == 0
 
 
+@pytest.mark.parametrize("value, unit, text", [
+    (0, "B/s", "0 B/s"), (999, "B/s", "999 B/s"), (1500, "B/s", "1.5 kB/s"),
+    (1.5e6, "B/s", "1.5 MB/s"), (123.4e9, "B", "123 GB"), (2e12, "B", "2 TB"),
+    (1500, "", "1.5k"), (12e6, "", "12M"), (0.25, "", "0.25"),
+])
+def test_decimal_sizes_for_people(value, unit, text):
+    assert sizes.decimal(value, unit) == text
+
+
+def test_seconds_for_people():
+    assert [sizes.seconds(v) for v in (2, 0.5123, 1.5)] == ["2 s", "0.512 s", "1.5 s"]
+
+
 # ---------------------------------------------------------------- perfdata labels
 
 LABEL = re.compile(r"[A-Za-z0-9_.-]+")
@@ -98,6 +111,40 @@ def test_names_that_fold_alike_get_different_labels():
     names = ["web 01", "web_01", "web/01", "web=01", "web'01", "wéb 01", "web\n01"]
     assert len({perfdata.label(n) for n in names}) == len(names)
     assert perfdata.label("web_01") == "web_01"
+
+
+def test_labels_with_ids_name_and_uuid_digits_widened_only_on_collision():
+    web1, web2 = "e2ed1d65-6d99-5003-96ee-bfc1f3561ee7", "e2ed1d65-aaaa-5003-96ee-bfc1f3561ee7"
+    other = "37c85347-db33-5802-ab13-36230b8ec021"
+    labels = perfdata.labels_with_ids([(web2, "web-01"), (other, "web 01"), (web1, "web-01")])
+    assert labels == {web1: "web-01_e2ed1d65", web2: "web-01_e2ed1d65aaaa",
+                      other: perfdata.label("web 01") + "_37c85347"}
+    # the same label for an instance whatever else is there
+    assert perfdata.labels_with_ids([(web1, "web-01")])[web1] == labels[web1]
+
+
+@given(st.lists(st.tuples(st.uuids().map(str), st.text(max_size=10)), unique_by=lambda p: p[0],
+                max_size=20))
+def test_labels_with_ids_are_valid_distinct_and_order_independent(pairs):
+    labels = perfdata.labels_with_ids(pairs)
+    assert len(set(labels.values())) == len(pairs)
+    assert all(LABEL.fullmatch(made) for made in labels.values())
+    assert perfdata.labels_with_ids(list(reversed(pairs))) == labels
+
+
+def test_labels_by_name_add_the_id_only_where_names_repeat():
+    labels = perfdata.labels_by_name([("a", "cmp1", 1), ("b", "cmp2", 2), ("c", "cmp2", 3),
+                                      ("d", "cmp2", 3)])
+    assert labels["a"] == "cmp1"
+    assert labels["b"] == perfdata.label("cmp2 2") and labels["c"] == perfdata.label("cmp2 3")
+    assert labels["d"] == perfdata.label("cmp2 3 #2")
+
+
+@given(st.lists(st.tuples(st.text(max_size=6), st.integers(0, 3)), max_size=20))
+def test_labels_by_name_are_valid_and_distinct(items):
+    labels = perfdata.labels_by_name((n, name, ident) for n, (name, ident) in enumerate(items))
+    assert len(set(labels.values())) == len(items)
+    assert all(LABEL.fullmatch(made) for made in labels.values())
 
 
 def test_perfdata_token_format():
