@@ -231,19 +231,23 @@ class Pool(nagiosplugin.Resource):
                 nagiosplugin.Metric("mid", 7, context="mid")]
 
 class PoolSummary(nagiosplugin.Summary):
+    def __init__(self, verbose):
+        self.level = verbose
     def ok(self, results):
         return "pool fine | forged=1\\nSECOND LINE"
     def problem(self, results):
         return "; ".join(str(r) for r in results if r.state != nagiosplugin.Ok)
     def verbose(self, results):
-        return ["detail one", "detail two"]
+        details = ["detail one", "detail two"] if self.level else []
+        return details + [f"offender: {r.metric.name}" for r in results
+                          if r.state != nagiosplugin.Ok and r.metric]
 
 def make_check(args):
     return nagiosplugin.Check(
         Pool(), plugin.ThresholdContext("zeta"), plugin.ThresholdContext("alpha.web-01"),
         plugin.ThresholdContext("mid", thresholds.parse_range("5"), thresholds.parse_range("@~:-1"),
                                 what="mid count"),
-        PoolSummary())
+        PoolSummary(args.verbose))
 
 parser = plugin.ArgumentParser("check_x", "test")
 parser.add_argument("mode")
@@ -254,18 +258,20 @@ plugin.run("X", parser, make_check, timeout_state=plugin.CRITICAL,
 
 def test_adapter_output_keeps_order_labels_and_plain_numbers():
     """nagiosplugin sorts perfdata, quotes labels with . or -, prints 1e-07, and moves perfdata
-    to the last line at -v; the adapter keeps probe order, bare labels, plain numbers, first line."""
+    to the last line at -v; the adapter keeps probe order, bare labels, plain numbers, first line.
+    The Summary chooses the long output of each -v level, -v 0 included."""
     proc = _run(MODEL, "-v", "fine")
     assert proc.returncode == 1 and proc.stderr == "", proc
     first, *rest = proc.stdout.splitlines()
     assert first == ("X WARNING - mid count 7 > 5 | zeta=0s;;;0 "
                      "alpha.web-01=12345678901234.5B;;;0;1152921504606846976 mid=7;5;@~:-1")
-    assert rest == ["detail one", "detail two"]
+    assert rest == ["detail one", "detail two", "offender: mid"]
+    assert _run(MODEL, "fine").stdout.splitlines()[1:] == ["offender: mid"]
     for tok in first.split(" | ")[1].split():
         assert PERFDATA_TOKEN.fullmatch(tok), tok
 
 
-def test_adapter_summary_text_is_made_plain_and_long_output_only_at_v():
+def test_adapter_status_text_is_made_plain():
     code = MODEL.replace('nagiosplugin.Metric("mid", 7', 'nagiosplugin.Metric("mid", 3')
     proc = _run(code, "fine")
     assert proc.returncode == 0

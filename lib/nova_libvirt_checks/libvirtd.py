@@ -92,8 +92,9 @@ class Libvirtd(nagiosplugin.Resource):
 class LibvirtdSummary(nagiosplugin.Summary):
     """The status line: breaches worst first, then what the daemon said; at -v the connection."""
 
-    def __init__(self, daemon: Libvirtd) -> None:
+    def __init__(self, daemon: Libvirtd, verbose: int = 0) -> None:
         self.daemon = daemon
+        self.verbose_level = verbose
 
     def ok(self, results: nagiosplugin.Results) -> str:
         d = self.daemon
@@ -108,6 +109,8 @@ class LibvirtdSummary(nagiosplugin.Summary):
         return "; ".join(breaches) + " - " + self.ok(results)
 
     def verbose(self, results: nagiosplugin.Results) -> list[str]:
+        if not self.verbose_level:
+            return []
         d = self.daemon
         return [f"connection: {'read-write' if d.read_write else 'read-only'}, "
                 f"hypervisor {d.hv_type} {d.hv_version}, libvirt {d.lib_version}, host {d.host}"]
@@ -122,7 +125,7 @@ def make_check(args: argparse.Namespace) -> nagiosplugin.Check:
         count_label(state), warning.get(state), critical.get(state),
         what="domains" if state == "total" else f"{STATE_WORDS.get(state, state)} domains")
         for state in COUNTED]
-    return nagiosplugin.Check(daemon, *contexts, LibvirtdSummary(daemon))
+    return nagiosplugin.Check(daemon, *contexts, LibvirtdSummary(daemon, args.verbose))
 
 
 def timeout_message(args: argparse.Namespace) -> str:

@@ -118,11 +118,16 @@ def perfdata_of(check: nagiosplugin.Check) -> list[tuple[nagiosplugin.Metric, st
     return pairs
 
 
-def report_of(check: nagiosplugin.Check, verbose: int = 0) -> Report:
+def report_of(check: nagiosplugin.Check) -> Report:
     """Run the check (nagiosplugin probes each resource and judges each metric) and collect
-    its answer: state, the Summary's status line and (at -v) long output, perfdata."""
+    its answer: state, the Summary's status line and long output, perfdata.
+
+    The Summary's verbose() is asked at every -v level, not only from -v 1 on as nagiosplugin
+    does: our checks name each offending instance or hypervisor at -v 0. A Summary that needs
+    the level takes it in its constructor.
+    """
     check()
-    long_output = check.verbose_str if verbose else []
+    long_output = check.verbose_str
     if isinstance(long_output, str):
         long_output = long_output.splitlines()
     return Report(check.exitcode, check.summary_str, long_output,
@@ -349,7 +354,7 @@ def run(name: str, parser: argparse.ArgumentParser,
     """
     def measure(args):
         check = make_check(args)
-        report = report_of(check, args.verbose)
+        report = report_of(check)
         max_bytes = getattr(args, "max_output", None)
         if max_bytes:
             lighter = lighter_perfdata(args, perfdata_of(check)) if lighter_perfdata else ()
