@@ -57,8 +57,9 @@ def build_parser():
     metric_names = ", ".join(METRICS)
     parser = plugin.ArgumentParser(
         "check_libvirt_instances",
-        "Per-instance CPU, disk and network I/O rates from libvirt, with limits, naming each "
-        "instance by its Nova name and tenant (from Nova's <nova:instance> domain metadata).",
+        "Per-instance CPU, disk and network I/O rates from libvirt, and what an instance "
+        "suffers (disk latency, CPU delay, swapping), with limits, naming each instance by its "
+        "Nova name and tenant (from Nova's <nova:instance> domain metadata).",
         default_timeout=10,
         epilog="Metrics (per second; cpu, memory and cpu_delay in %; *_latency in ms per request): "
                + metric_names + ".\n"
@@ -73,14 +74,15 @@ def build_parser():
                         help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system); read-only")
     limits = named_range_type(set(METRICS), _units_of)
     parser.add_argument("-w", "--warning", type=limits, action="append", default=[],
-                        metavar="METRIC=RANGE", help="warning range per instance; repeatable")
+                        metavar="METRIC=RANGE",
+                        help=f"warning range per instance, METRIC one of: {metric_names}; repeatable")
     parser.add_argument("-c", "--critical", type=limits, action="append", default=[],
                         metavar="METRIC=RANGE", help="critical range per instance; repeatable")
     total_limits = named_range_type({m for m, spec in METRICS.items() if spec.total}, _units_of)
     parser.add_argument("--total-warning", type=total_limits, action="append", default=[],
                         metavar="METRIC=RANGE",
                         help="warning range for the sum over the selected instances (cpu: %% of the "
-                             "host's CPUs, so is cpu_delay; no latency or memory total); repeatable")
+                             "host's CPUs, so is cpu_delay; not for memory and the latencies); repeatable")
     parser.add_argument("--total-critical", type=total_limits, action="append", default=[],
                         metavar="METRIC=RANGE", help="critical range for the sum; repeatable")
     parser.add_argument("--state-warning", type=_states, action="append", default=[],
