@@ -389,3 +389,38 @@ def test_the_test_driver_gives_no_latency_delay_or_swap(tmp_path):
     assert "disk_read_bytes" in metrics and "cpu" in metrics
     assert not metrics & {"disk_read_latency", "disk_write_latency", "disk_flush_latency", "cpu_delay",
                           "mem_swap_in", "mem_swap_out", "mem_major_faults"}, metrics
+
+
+def test_pnp4nagios_draws_the_pressure_metrics_with_their_thresholds(libvirtd, icinga_tools, tmp_path):
+    """The PNP stand-in of tests/test_icinga.py (one RRD per label, our template run by php-cli,
+    rrdtool drawing): every label on a graph, latency thresholds in ms, cpu_delay in %."""
+    from tests.test_icinga import ICINGA, Pnp, assert_graphed, ensure_php
+    ensure_php()
+    state_dir = str(tmp_path / "state")
+    check(state_dir, "--interval", "0")
+    start = raw_stats()[1][ORDINARY]
+    wait_for(lambda: all(raw_stats()[1][ORDINARY][k] > start[k]
+                         for k in ("block.0.rd.reqs", "block.0.wr.reqs", "block.0.fl.reqs")), 20,
+             "a read, a write and a flush of the ordinary guest")
+    result = check(state_dir, "-w", "disk_write_latency=20", "-c", "cpu_delay=30")
+    assert_plugin_output(result, 0)
+    perf = result.status_line.split(" | ", 1)[1]
+    now = int(time.time())
+    line = "\t".join(f"{key}::{value}" for key, value in (
+        ("DATATYPE", "SERVICEPERFDATA"), ("TIMET", now), ("HOSTNAME", "compute"),
+        ("SERVICEDESC", "libvirt-instances"), ("SERVICEPERFDATA", perf),
+        ("SERVICECHECKCOMMAND", "libvirt_instances"), ("SERVICESTATE", "OK")))
+    pnp = Pnp(str(tmp_path / "perfdata"), os.path.join(ICINGA, "pnp4nagios", "check_commands"),
+              os.path.join(ICINGA, "pnp4nagios", "templates"))
+    out = tmp_path / "graphs"
+    out.mkdir()
+    rendered = assert_graphed(pnp, line, str(out), [now - 600 + 60 * k for k in range(10)])
+    titles = rendered["ds_name"]
+    for title in ("by instance: disk read latency", "by instance: disk write latency",
+                  "by instance: disk flush latency", "by instance: CPU delay (runnable, waiting for a host CPU)",
+                  "by instance: swap in", "by instance: major page faults",
+                  "total: CPU delay of instances (% of the host's CPUs)", "total: swap, all instances"):
+        assert title in titles, (title, titles)
+    joined = " ".join(rendered["def"])
+    assert 'HRULE:20#FFC000:"warning above 20 ms' in joined
+    assert 'HRULE:30#FF0000:"critical above 30%' in joined
