@@ -67,26 +67,49 @@ def _guest_xml(name, workdir, kernel, initrd, disk, balloon, cmdline=""):
 
 @contextlib.contextmanager
 def _running(xml, name, workdir):
-    """A transient domain, up once its /init printed NLC-READY; destroyed (so gone) afterwards."""
-    import libvirt
-    libvirt.registerErrorHandler(lambda *_: None, None)
-    conn = libvirt.open(URI)
+    """A transient domain, up once its /init printed NLC-READY; destroyed (so gone) afterwards,
+    on a fresh connection: libvirtd may have been restarted meanwhile (fault tests)."""
+    _destroy(name)                                   # left over from an interrupted run
+    conn = _connect()
     try:
-        with contextlib.suppress(libvirt.libvirtError):      # left over from an interrupted run
-            conn.lookupByName(name).destroy()
-        dom = conn.createXML(xml, 0)
-        try:
-            serial = os.path.join(workdir, name + ".serial")
-            deadline = time.monotonic() + 120
-            while not _ready(serial):
-                assert time.monotonic() < deadline, f"{name} not ready in 120 s:\n{_tail(serial)}"
-                time.sleep(0.2)
-            yield dom
-        finally:
-            with contextlib.suppress(libvirt.libvirtError):
-                dom.destroy()
+        conn.createXML(xml, 0)
     finally:
         conn.close()
+    try:
+        serial = os.path.join(workdir, name + ".serial")
+        deadline = time.monotonic() + 120
+        while not _ready(serial):
+            assert time.monotonic() < deadline, f"{name} not ready in 120 s:\n{_tail(serial)}"
+            time.sleep(0.2)
+        yield name
+    finally:
+        _destroy(name)
+
+
+def _connect():
+    import libvirt
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    return libvirt.open(URI)
+
+
+def _destroy(name, patience=60):
+    """Destroy the domain if it exists, waiting out a libvirtd restart."""
+    import libvirt
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            conn = _connect()
+            try:
+                conn.lookupByName(name).destroy()
+            finally:
+                conn.close()
+            return
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _ready(path):
@@ -135,8 +158,8 @@ def slow_guest(libvirtd, workdir):
     </disk>"""
         web = libvirtd.guest("web-01")
         xml = _guest_xml(SLOW, workdir, web["kernel"], web["initrd"], disk, balloon="")
-        with _running(xml, SLOW, workdir) as dom:
-            yield dom
+        with _running(xml, SLOW, workdir) as name:
+            yield name
     finally:
         nbdkit.kill()
         nbdkit.wait()
@@ -155,8 +178,8 @@ def busy_guest(libvirtd, workdir):
     web = libvirtd.guest("web-01")
     xml = _guest_xml(BUSY, workdir, web["kernel"], web["initrd"], disk, balloon="<stats period='1'/>",
                      cmdline="idle=poll")
-    with _running(xml, BUSY, workdir) as dom:
-        yield dom
+    with _running(xml, BUSY, workdir) as name:
+        yield name
 
 
 # ---------------------------------------------------------------- independent measurement
@@ -286,13 +309,13 @@ def test_slow_disk_latency_is_the_delay_and_an_ordinary_disk_far_below(slow_gues
 
 
 @contextlib.contextmanager
-def sharing_one_host_cpu(dom, seconds):
-    """The domain's vCPU threads (read from /proc: QEMU names them "CPU N/TCG") and a busy
+def sharing_one_host_cpu(name, seconds):
+    """The named domain's vCPU threads (read from /proc: QEMU names them "CPU N/TCG") and a busy
     process, niced to -10 so that it wins most of the CPU (about 90 % against a vCPU in
     libvirt's cgroup of weight 1024), pinned to the same host CPU; the
     threads' affinity restored and the busy process group killed afterwards (it ends by itself
     after `seconds` anyway)."""
-    with open(f"/run/libvirt/qemu/{dom.name()}.pid") as handle:
+    with open(f"/run/libvirt/qemu/{name}.pid") as handle:
         pid = int(handle.read())
     threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")
                if open(f"/proc/{pid}/task/{t}/comm").read().startswith("CPU ")]
