@@ -29,8 +29,7 @@ from tests.checkrun import assert_plugin_output, run_check
 from tests.conftest import is_root, service_unavailable
 from tests.fixtures_libvirt import URI, open_ro
 
-from nova_libvirt_checks.domstats import STALE_GUEST_STATS
-from nova_libvirt_checks.rates import slowest_disk
+from nova_libvirt_checks.rates import STALE_GUEST_STATS, slowest_disk
 
 DELAY_MS = 150
 SLOW, BUSY, ORDINARY = "nlc-metrics-slowdisk", "nlc-metrics-busy", "instance-00000001"

@@ -14,8 +14,7 @@ Where the driver reports them (see pressure_counters):
     disk:<dev>:<field>       rd_times wr_times fl_times (ns spent), fl_ops
     cpu_delay                ns the vCPUs were runnable but waited for a host CPU (bulk only)
     mem:<field>              swap_in swap_out (bytes), major_fault: the guest's own counters,
-                             last_update: host time (s) at which QEMU last received them;
-                             only where that is recent (STALE_GUEST_STATS)
+                             last_update: host time (s) at which QEMU last received them
 """
 import time
 from dataclasses import dataclass, field
@@ -38,9 +37,6 @@ _LATENCY_FIELDS = (("rd.times", "rd_total_times", "rd_times"), ("wr.times", "wr_
 # absent unless the guest's driver reports them; last_update: when QEMU last received them
 _MEMORY_FIELDS = (("swap_in", "swap_in", 1024), ("swap_out", "swap_out", 1024),
                   ("major_fault", "major_fault", 1), ("last-update", "last_update", 1))
-# guest statistics last received longer ago than this (s) are not live: a balloon without a
-# stats period keeps showing the figures the guest sent at boot (Nova's default period: 10 s)
-STALE_GUEST_STATS = 60
 _NET_FIELDS = (("rx.bytes", "rx_bytes"), ("rx.pkts", "rx_packets"), ("rx.errs", "rx_errors"),
                ("rx.drop", "rx_drops"), ("tx.bytes", "tx_bytes"), ("tx.pkts", "tx_packets"),
                ("tx.errs", "tx_errors"), ("tx.drop", "tx_drops"))
@@ -269,9 +265,6 @@ def pressure_counters(record, sample):
 
 
 def _memory_counters(get, which, sample):
-    updated = get(_MEMORY_FIELDS[-1][which])
-    if not updated or not 0 <= time.time() - updated <= STALE_GUEST_STATS:
-        return
     for *names, factor in _MEMORY_FIELDS:
         value = get(names[which])
         if value is not None and value >= 0:

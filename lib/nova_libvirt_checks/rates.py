@@ -10,6 +10,7 @@ unplugged and another plugged under the same name), the domain has no rates this
 the next run compares with this sample: never a negative rate, never a spike made of a whole
 counter's value, never a half set of metrics.
 """
+import time
 from dataclasses import dataclass
 
 
@@ -49,6 +50,9 @@ METRICS = {m.name: m for m in (
 
 # memory metric -> the guest's counter (mem:<field>), a rate over the guest's own window
 GUEST_MEMORY = {"mem_swap_in": "swap_in", "mem_swap_out": "swap_out", "mem_major_faults": "major_fault"}
+# guest statistics last received longer ago than this (s) are not live: a balloon without a
+# stats period keeps showing the figures the guest sent at boot (Nova's default period: 10 s)
+STALE_GUEST_STATS = 60
 
 # latency metric -> (counter field of the time spent, ns; of the requests), per disk
 LATENCIES = {"disk_read_latency": ("rd_times", "rd_ops"), "disk_write_latency": ("wr_times", "wr_ops"),
@@ -92,8 +96,13 @@ def rates(previous, sample, vcpus):
     for metric in result:
         if metric != "cpu":
             result[metric] /= elapsed
-    result.update(pressure(deltas, elapsed, vcpus))
+    result.update(pressure(deltas, elapsed, vcpus, _live_guest_statistics(sample)))
     return result
+
+
+def _live_guest_statistics(sample):
+    updated = sample.counters.get("mem:last_update")
+    return updated is not None and 0 <= time.time() - updated <= STALE_GUEST_STATS
 
 
 def _deltas(previous, sample):
@@ -117,12 +126,12 @@ def _latency(fields, times, requests):
     return (fields[times], fields[requests]) if times in fields and requests in fields else (0, 0)
 
 
-def pressure(deltas, elapsed, vcpus):
+def pressure(deltas, elapsed, vcpus, live_guest_statistics):
     """The metrics that are not plain rates over the window, from counter deltas: average ms
     per request over all disks, absent (not 0) when there was no request; CPU delay (time the
     vCPUs were runnable but waited for a host CPU) in % of the window and vCPUs; swap and major
     faults per second between the two times the guest sent its balloon statistics (0 when it
-    sent none in the window: nothing new reported; the sampler leaves out stale statistics)."""
+    sent none in the window: nothing new reported), only while they are live."""
     result = {}
     disks = _per_disk(deltas).values()
     for metric, (times, requests) in LATENCIES.items():
@@ -134,7 +143,7 @@ def pressure(deltas, elapsed, vcpus):
         result["cpu_delay"] = deltas["cpu_delay"] / (elapsed * 1e9 * vcpus) * 100
     guest_seconds = deltas.get("mem:last_update")
     for metric, field in GUEST_MEMORY.items():
-        if guest_seconds is not None and f"mem:{field}" in deltas:
+        if live_guest_statistics and guest_seconds is not None and f"mem:{field}" in deltas:
             result[metric] = deltas[f"mem:{field}"] / guest_seconds if guest_seconds else 0.0
     return result
 
