@@ -22,6 +22,9 @@ PYTEST_ARGS ?=
 # where `make install` puts the venv and the plugin links (NRPE's default plugin dir)
 PREFIX ?= /opt/nova-libvirt-checks
 PLUGINDIR ?= /usr/lib/nagios/plugins
+# make install writes the NRPE commands for the checks in PLUGINDIR here (copy it to
+# /etc/nagios/nrpe.d/); the Debian package installs it there itself
+NRPE_CFG ?= $(PREFIX)/etc/nrpe.d/nova-libvirt-checks.cfg
 
 .PHONY: all demo test venv apt-build apt-services apt-deb deb sandbox sandbox-stop install nrpe-cfg bench clean
 
@@ -76,6 +79,15 @@ install: apt-build
 	mkdir -p $(PLUGINDIR)
 	for check in check_libvirtd check_libvirt_instances check_nova_hypervisors; do \
 		ln -sf $(PREFIX)/bin/$$check $(PLUGINDIR)/$$check; done
+	@$(MAKE) --no-print-directory nrpe-cfg
+
+# icinga/nrpe/nova-libvirt-checks.cfg with the plugin paths of PLUGINDIR
+nrpe-cfg:
+	mkdir -p $(dir $(NRPE_CFG))
+	sed 's|/usr/lib/nagios/plugins/|$(PLUGINDIR)/|' icinga/nrpe/nova-libvirt-checks.cfg > $(NRPE_CFG)
+	chmod 0644 $(NRPE_CFG)
+	@echo "NRPE commands for the checks in $(PLUGINDIR): $(NRPE_CFG)"
+	@echo "  on a compute node: cp $(NRPE_CFG) /etc/nagios/nrpe.d/ && systemctl restart nagios-nrpe-server"
 
 # nova-libvirt-checks-{common,compute,server}_VERSION_all.deb in $(DEBDIR)
 deb: apt-deb
