@@ -4,6 +4,8 @@
 - PNP4Nagios's stock check_nrpe.cfg (CUSTOM_TEMPLATE = 1) names the template and its
   check_commands/*.cfg after the NRPE command: ours exist under every command name of the NRPE
   file, and real check output through real NRPE is graphed by the PNP stand-in of test_icinga;
+- `check_nrpe -a` against Debian's NRPE ends in "Receive header underflow" (icinga/README.md);
+- Icinga 2 agent hosts validate in the zones.d layout icinga/README.md shows, not in conf.d/;
 - icinga/pnp4nagios/list-stale-rrds lists stale RRDs made with rrdtool, deletes only with
   --delete; an RRD with PNP's default RRAs is the 385 kB the docs say.
 """
@@ -13,6 +15,7 @@ import subprocess
 import time
 
 from tests.conftest import ROOT
+from tests.fixtures_icinga import icinga2_validate
 from tests.test_icinga import Pnp, assert_graphed
 
 ICINGA = os.path.join(ROOT, "icinga")
@@ -64,6 +67,11 @@ def test_make_install_nrpe_file_serves_the_installed_checks(installed_plugins, l
         out = tmp_path / f"graphs-{command}"
         out.mkdir()
         assert_graphed(pnp, line, str(out), times)
+    # icinga/README.md: Debian's NRPE refuses arguments, and check_nrpe only sees a closed socket
+    refused = nrpe.check("check_libvirtd", ["-a", "crashed=0"])
+    assert refused.returncode == 3
+    assert refused.stdout.startswith("CHECK_NRPE: Receive header underflow")
+    assert "Error: Request contained command arguments!" in nrpe.log_text()
 
 
 def make_rrd(path, last_update, value=1.0):
@@ -115,3 +123,47 @@ def test_list_stale_rrds_names_unreadable_files_and_bad_dirs(tmp_path):
     assert "0 of 1 RRD files" in proc.stdout and "broken.rrd" in proc.stderr
     proc = subprocess.run([LIST_STALE, str(tmp_path / "missing")], capture_output=True, text=True)
     assert proc.returncode == 2 and "no such directory" in proc.stderr
+
+
+ZONES_CONF = """object Endpoint "nlc-test" { }
+object Zone "master" { endpoints = [ "nlc-test" ] }
+object Endpoint "compute2" { host = "192.0.2.12" }
+object Zone "compute2" { endpoints = [ "compute2" ]; parent = "master" }
+object Zone "global-templates" { global = true }
+"""
+AGENT_HOST = """object Host "compute2" {
+  check_command = "dummy"
+  address = "192.0.2.12"
+  vars.nova_compute = true
+  vars.agent_endpoint = name
+}
+"""
+
+
+def test_icinga2_agent_hosts_validate_in_the_zones_d_layout(icinga_tools, nagios_tmp_path):
+    """icinga/README.md's layout for agent hosts: zones.conf with the agent's Endpoint and Zone,
+    hosts and services.conf in zones.d/master/, commands.conf in zones.d/global-templates/,
+    validates; the same files in conf.d/ fail as a new user finds (no zone for the checkable)."""
+    zones_d = os.path.join(nagios_tmp_path, "zones.d")
+    for zone, name, text in (("master", "hosts.conf", AGENT_HOST),
+                             ("master", "services.conf", open(f"{ICINGA}/icinga2/services.conf").read()),
+                             ("global-templates", "commands.conf", open(f"{ICINGA}/icinga2/commands.conf").read())):
+        os.makedirs(os.path.join(zones_d, zone), exist_ok=True)
+        with open(os.path.join(zones_d, zone, name), "w") as f:
+            f.write(text)
+    zones_conf = os.path.join(nagios_tmp_path, "zones.conf")
+    with open(zones_conf, "w") as f:
+        f.write(ZONES_CONF + f'include_zones "nlc", "{zones_d}"\n')
+    proc = icinga2_validate([zones_conf], {"ZoneName": "master"})
+    assert proc.returncode == 0, proc.stdout[-3000:]
+
+    conf_d = os.path.join(nagios_tmp_path, "conf.d")
+    os.makedirs(conf_d)
+    for zone, name in (("master", "hosts.conf"), ("master", "services.conf"),
+                       ("global-templates", "commands.conf")):
+        os.rename(os.path.join(zones_d, zone, name), os.path.join(conf_d, name))
+    with open(zones_conf, "w") as f:
+        f.write(ZONES_CONF)
+    proc = icinga2_validate([zones_conf, conf_d], {"ZoneName": "master"})
+    assert proc.returncode == 1
+    assert "Checkable with command endpoint requires a zone" in proc.stdout
