@@ -210,7 +210,7 @@ def test_compute_checks_through_installed_nrpe_file(installed, libvirtd, monitor
     assert set(commands) >= {"check_libvirtd", "check_libvirt_instances"}
     answers = {}
     for command in commands:
-        proc = nrpe.check(command)
+        proc = nrpe.check(command, ["-t", "30"])  # as our Icinga 2 and Nagios commands
         answers[command] = proc
         assert proc.returncode == 0, (command, proc.stdout, proc.stderr, nrpe.log_text()[-2000:])
     first = answers["check_libvirtd"].stdout

@@ -54,7 +54,7 @@ def test_make_install_nrpe_file_serves_the_installed_checks(installed_plugins, l
     now = int(time.time())
     times = [now - 600 + 60 * k for k in range(10)]
     for command in commands:
-        proc = nrpe.check(command)
+        proc = nrpe.check(command, ["-t", "30"])  # as our Icinga 2 and Nagios commands
         assert proc.returncode == 0, (command, proc.stdout, nrpe.log_text()[-2000:])
         template, settings = pnp.settings_for(f"check_nrpe!{command}")
         assert template == command and settings["RRD_STORAGE_TYPE"] == "MULTIPLE", settings
