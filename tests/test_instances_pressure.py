@@ -419,12 +419,14 @@ def test_pnp4nagios_draws_the_pressure_metrics_with_their_thresholds(libvirtd, i
     from tests.test_icinga import ICINGA, Pnp, assert_graphed, ensure_php
     ensure_php()
     state_dir = str(tmp_path / "state")
-    check(state_dir, "--interval", "0")
+    harness_guests = ("--state-dir", state_dir, "--domain", "^instance-0000000[12]$")
+    assert_plugin_output(run_check("check_libvirt_instances", "--interval", "0", *harness_guests))
     start = raw_stats()[1][ORDINARY]
     wait_for(lambda: all(raw_stats()[1][ORDINARY][k] > start[k]
                          for k in ("block.0.rd.reqs", "block.0.wr.reqs", "block.0.fl.reqs")), 20,
              "a read, a write and a flush of the ordinary guest")
-    result = check(state_dir, "-w", "disk_write_latency=20", "-c", "cpu_delay=30")
+    result = run_check("check_libvirt_instances", "-w", "disk_write_latency=20", "-c", "cpu_delay=30",
+                       *harness_guests)
     assert_plugin_output(result, 0)
     perf = result.status_line.split(" | ", 1)[1]
     now = int(time.time())
