@@ -29,7 +29,7 @@ from tests.checkrun import assert_plugin_output, run_check
 from tests.conftest import is_root, service_unavailable
 from tests.fixtures_libvirt import URI, open_ro
 
-from nova_libvirt_checks.rates import STALE_GUEST_STATS, slowest_disk
+from nova_libvirt_checks.rates import STALE_GUEST_STATS, rates, slowest_disk
 
 DELAY_MS = 150
 SLOW, BUSY, ORDINARY = "nlc-metrics-slowdisk", "nlc-metrics-busy", "instance-00000001"
@@ -398,6 +398,23 @@ def test_slowest_disk_is_the_one_with_the_longest_average_request():
                                           "disk:vdc:rd_ops": 50, "disk:vdc:rd_times": 0}}
     assert slowest_disk(previous, Sample()) == ("vdb", {"disk_read_latency": 150.0, "disk_write_latency": 100.0})
     assert slowest_disk({**previous, "c": Sample.counters}, Sample()) is None
+
+
+def test_a_guest_reboot_loses_only_the_swap_rates():
+    """Arithmetic only: the guest's own counters start again when it reboots inside the same
+    QEMU (same libvirt id); the host's counters go on."""
+    now = int(time.time())
+
+    class Sample:
+        id, time = 7, 12.0
+        counters = {"cpu": 3_000_000_000, "disk:vda:rd_bytes": 5000, "cpu_delay": 600_000_000,
+                    "mem:swap_in": 0, "mem:major_fault": 3, "mem:last_update": now}
+    previous = {"t": 10.0, "id": 7, "c": {"cpu": 1_000_000_000, "disk:vda:rd_bytes": 1000, "cpu_delay": 0,
+                                          "mem:swap_in": 4096, "mem:major_fault": 900,
+                                          "mem:last_update": now - 10}}
+    assert rates(previous, Sample(), 1) == {"cpu": 100.0, "disk_read_bytes": 2000.0, "cpu_delay": 30.0}
+    later = {**previous, "c": {**previous["c"], "mem:swap_in": 0, "mem:major_fault": 1}}
+    assert rates(later, Sample(), 1)["mem_major_faults"] == 0.2
 
 
 def test_the_test_driver_gives_no_latency_delay_or_swap(tmp_path):

@@ -70,11 +70,14 @@ def to_state(sample):
 
 def comparable(previous, sample):
     """Whether a stored sample gives rates with this one: same run of the domain (same id, no
-    counter gone backwards), taken earlier, with at least one counter in common."""
+    counter gone backwards), taken earlier, with at least one counter in common. The guest's
+    own counters (mem:*) do not count: they start again when the guest reboots inside the same
+    QEMU, which loses only the swap rates (see pressure())."""
     if not previous or previous.get("id") != sample.id or sample.time - previous.get("t", sample.time) <= 0:
         return False
     old = previous.get("c") or {}
-    shared = [(old[key], value) for key, value in sample.counters.items() if isinstance(old.get(key), int)]
+    shared = [(old[key], value) for key, value in sample.counters.items()
+              if isinstance(old.get(key), int) and not key.startswith("mem:")]
     return bool(shared) and all(value >= before for before, value in shared)
 
 
@@ -131,7 +134,8 @@ def pressure(deltas, elapsed, vcpus, live_guest_statistics):
     per request over all disks, absent (not 0) when there was no request; CPU delay (time the
     vCPUs were runnable but waited for a host CPU) in % of the window and vCPUs; swap and major
     faults per second between the two times the guest sent its balloon statistics (0 when it
-    sent none in the window: nothing new reported), only while they are live."""
+    sent none in the window: nothing new reported), only while they are live and none of them
+    went backwards (the guest rebooted)."""
     result = {}
     disks = _per_disk(deltas).values()
     for metric, (times, requests) in LATENCIES.items():
@@ -141,10 +145,12 @@ def pressure(deltas, elapsed, vcpus, live_guest_statistics):
             result[metric] = sum(spent for spent, _ in pairs) / count / 1e6
     if "cpu_delay" in deltas and vcpus:
         result["cpu_delay"] = deltas["cpu_delay"] / (elapsed * 1e9 * vcpus) * 100
-    guest_seconds = deltas.get("mem:last_update")
-    for metric, field in GUEST_MEMORY.items():
-        if live_guest_statistics and guest_seconds is not None and f"mem:{field}" in deltas:
-            result[metric] = deltas[f"mem:{field}"] / guest_seconds if guest_seconds else 0.0
+    guest = {key: delta for key, delta in deltas.items() if key.startswith("mem:")}
+    if live_guest_statistics and "mem:last_update" in guest and min(guest.values()) >= 0:
+        seconds = guest["mem:last_update"]
+        for metric, field in GUEST_MEMORY.items():
+            if f"mem:{field}" in guest:
+                result[metric] = guest[f"mem:{field}"] / seconds if seconds else 0.0
     return result
 
 
