@@ -69,12 +69,12 @@ def _running(xml, name, workdir):
     """A transient domain, up once its /init printed NLC-READY; destroyed (so gone) afterwards,
     on a fresh connection: libvirtd may have been restarted meanwhile (fault tests)."""
     _destroy(name)                                   # left over from an interrupted run
-    conn = _connect()
     try:
-        conn.createXML(xml, 0)
-    finally:
-        conn.close()
-    try:
+        conn = _connect()
+        try:
+            conn.createXML(xml, 0)     # may fail yet start the domain (libvirtd restarting)
+        finally:
+            conn.close()
         serial = os.path.join(workdir, name + ".serial")
         deadline = time.monotonic() + 120
         while not _ready(serial):
