@@ -122,12 +122,14 @@ def bench_domains(conn):
     return [d for d in conn.listAllDomains(0) if d.name().startswith(PREFIX)]
 
 
-def cleanup(conn=None):
-    """Remove every nlc-bench-* domain (destroy; undefine a persistent one) and the disk files.
-    Returns how many domains were removed."""
+def cleanup(timeout=300):
+    """Remove every nlc-bench-* domain (destroy; undefine a persistent one) and the disk files;
+    returns how many domains were removed. libvirtd may be stopped and restarted meanwhile
+    (other sessions' fault tests do that): each round opens a new connection, and rounds go on
+    until no bench domain is left, or `timeout` seconds have passed (then RuntimeError)."""
     libvirt = _libvirt()
-    own = conn is None
-    conn = conn or libvirt.open(URI)
+    deadline = time.monotonic() + timeout
+    removed, last_error = 0, None
 
     def remove(dom):
         try:
@@ -139,17 +141,32 @@ def cleanup(conn=None):
             return 1
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                print(f"qemu_domains: cannot remove {dom.name()}: {exc}", file=sys.stderr)
+                nonlocal last_error
+                last_error = f"{dom.name()}: {exc}"
             return 0
 
-    try:
-        # a destroy takes 1-2 s (QEMU's exit, the tap's removal): in parallel, within
-        # libvirtd's worker pool (max_workers 20 by default)
-        with ThreadPoolExecutor(max_workers=DESTROY_THREADS) as pool:
-            removed = sum(pool.map(remove, bench_domains(conn)))
-    finally:
-        if own:
-            conn.close()
+    while True:
+        try:
+            conn = libvirt.open(URI)
+            try:
+                left = bench_domains(conn)
+                if not left:
+                    break
+                # a destroy takes 1-2 s (QEMU's exit, the tap's removal): in parallel, within
+                # libvirtd's worker pool (max_workers 20 by default)
+                with ThreadPoolExecutor(max_workers=DESTROY_THREADS) as pool:
+                    removed += sum(pool.map(remove, left))
+            finally:
+                try:
+                    conn.close()
+                except libvirt.libvirtError:
+                    pass
+        except libvirt.libvirtError as exc:
+            last_error = str(exc)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"bench domains left after {timeout} s ({last_error}); "
+                               f"remove them with: {os.path.abspath(__file__)} cleanup")
+        time.sleep(0.5 if last_error is None else 3)
     if os.path.isdir(WORKDIR):
         for name in os.listdir(WORKDIR):
             if name.startswith(PREFIX):
@@ -178,7 +195,9 @@ class Fleet:
             if not os.path.exists(os.path.join(GUESTDIR, path)):
                 raise RuntimeError(f"no guest kernel/initrd in {GUESTDIR} (the libvirt harness "
                                    "builds them: tests/harness/libvirt/start)")
-        left = cleanup(self.conn)
+        self.conn.close()
+        left = cleanup()
+        self.conn = self.libvirt.open(URI)
         os.makedirs(WORKDIR, exist_ok=True)
         os.chmod(WORKDIR, 0o755)
         template = os.path.join(WORKDIR, "template.qcow2")
@@ -190,6 +209,8 @@ class Fleet:
         return left
 
     def grow(self, n):
+        if not self.conn.isAlive():   # libvirtd was restarted meanwhile (transient domains stay)
+            self.conn = self.libvirt.open(URI)
         while self.count < n:
             g = identity(self.count)
             shutil.copyfile(self.template, g["disk"])
@@ -200,9 +221,10 @@ class Fleet:
 
     def close(self):
         try:
-            cleanup(self.conn)
-        finally:
             self.conn.close()
+        except self.libvirt.libvirtError:
+            pass                      # libvirtd was restarted meanwhile
+        cleanup()
 
 
 def main(argv):
