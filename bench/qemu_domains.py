@@ -209,15 +209,29 @@ class Fleet:
         return left
 
     def grow(self, n):
-        if not self.conn.isAlive():   # libvirtd was restarted meanwhile (transient domains stay)
+        try:
+            alive = self.conn.isAlive()
+        except self.libvirt.libvirtError:
+            alive = False
+        if not alive:                 # libvirtd was restarted meanwhile (transient domains stay)
             self.conn = self.libvirt.open(URI)
         while self.count < n:
             g = identity(self.count)
-            shutil.copyfile(self.template, g["disk"])
-            started = time.perf_counter()
-            self.conn.createXML(xml(g), self.libvirt.VIR_DOMAIN_START_PAUSED)
-            self.create_seconds.append(time.perf_counter() - started)
+            if not self._exists(g["name"]):     # else made just before libvirtd went away
+                shutil.copyfile(self.template, g["disk"])
+                started = time.perf_counter()
+                self.conn.createXML(xml(g), self.libvirt.VIR_DOMAIN_START_PAUSED)
+                self.create_seconds.append(time.perf_counter() - started)
             self.count += 1
+
+    def _exists(self, name):
+        try:
+            self.conn.lookupByName(name)
+            return True
+        except self.libvirt.libvirtError as exc:
+            if exc.get_error_code() == self.libvirt.VIR_ERR_NO_DOMAIN:
+                return False
+            raise
 
     def close(self):
         try:
