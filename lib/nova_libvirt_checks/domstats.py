@@ -251,7 +251,7 @@ def _memory_gauges(available_kib, free_kib, sample):
 
 def pressure_counters(record, sample):
     """The counters behind latency, CPU delay and swapping, from a bulk stats record: only
-    those the driver and the guest report (vcpu.N.delay: libvirt >= 9.0 on Linux hosts)."""
+    those the driver and the guest report (vcpu.N.delay: newer libvirt on Linux hosts, e.g. 9.0)."""
     for i in range(record.get("block.count", 0)):
         disk = record.get(f"block.{i}.name")
         for stat, _, key in _LATENCY_FIELDS:
