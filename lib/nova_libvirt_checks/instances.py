@@ -7,6 +7,7 @@ run's sample, compare each selected instance with the limits, and tell who break
 import argparse
 import hashlib
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -171,27 +172,49 @@ class Instance:
     nova: Optional[NovaInstance]
     vcpus: Optional[int]
     values: Dict[str, float] = field(default_factory=dict)
-    problems: List[tuple] = field(default_factory=list)     # (state, text)
+    problems: List[tuple] = field(default_factory=list)     # (state, text, how far over)
     note: Optional[str] = None                               # why not (fully) measured
     label: str = ""
 
     @property
     def name(self):
-        return self.nova.name if self.nova else self.domain
+        return _collapse(self.nova.name if self.nova else self.domain)
 
     @property
     def tenant(self):
         if not self.nova:
             return "not Nova"
-        return self.nova.project_name or self.nova.project_uuid or "no owner"
+        return _collapse(self.nova.project_name or self.nova.project_uuid or "no owner")
 
     @property
     def title(self):
         return f"{self.name} ({self.tenant})"
 
+    def short_title(self, chars):
+        """The title within about `chars` characters: the name is clipped, never the tenant
+        (a name must not be able to push its tenant out of sight)."""
+        tenant = f" ({self.tenant})"
+        return _clip(self.name, max(chars - len(tenant), 12)) + tenant
+
     @property
     def worst(self):
-        return max((state for state, _ in self.problems), default=plugin.OK)
+        return max((state for state, _, _ in self.problems), default=plugin.OK)
+
+    @property
+    def severity(self):
+        """For "worst first": the state, then how far over its limit (relative to the limit)."""
+        return (self.worst, max((excess for state, _, excess in self.problems if state == self.worst),
+                                default=0))
+
+
+def _collapse(text):
+    """Runs of spaces (Unicode's space separators: U+0020, no-break, em, ideographic...) as
+    one space. Tab, newline and the other control characters stay, for plugin.plain() to
+    show as `?`."""
+    return _SPACES.sub(" ", text).strip()
+
+
+_SPACES = re.compile("[\u0020\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+")
 
 
 def selected(args, inst):
@@ -276,26 +299,42 @@ def measure(args):
 
 
 def _number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
+def _int(value, low, high):
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value < high
+
+
+def _text(value):
+    return isinstance(value, str) and len(value) <= 4096
+
+
+# what a state file may hold, field by field: it may be damaged or edited by hand, and a value
+# of the wrong type or range must never reach the arithmetic (TypeError, OverflowError, CPU -100%)
+_NOVA_TEXT = ("project_name", "project_uuid", "user_name", "user_uuid", "flavor", "created", "namespace")
+_NOVA_NUMBERS = ("vcpus", "memory_mb")
 
 
 def _valid_sample(entry):
-    return (isinstance(entry, dict) and _number(entry.get("t")) and _int(entry.get("id"))
+    return (isinstance(entry, dict) and _number(entry.get("t")) and _int(entry.get("id"), -1, 2**31)
             and isinstance(entry.get("c"), dict)
-            and all(isinstance(k, str) and _int(v) for k, v in entry["c"].items()))
+            and all(_text(k) and _int(v, 0, 2**64) for k, v in entry["c"].items()))
+
+
+def _valid_nova(nova):
+    return (isinstance(nova, dict) and set(nova) <= set(NovaInstance.__dataclass_fields__)
+            and isinstance(nova.get("name"), str) and 0 < len(nova["name"]) <= 4096
+            and all(nova.get(k) is None or _text(nova[k]) for k in _NOVA_TEXT)
+            and all(nova.get(k) is None or _int(nova[k], 0, 10**9) for k in _NOVA_NUMBERS))
 
 
 def _valid_name(entry):
-    nova = entry.get("nova") if isinstance(entry, dict) else None
-    return (isinstance(entry, dict) and _number(entry.get("t")) and _int(entry.get("id"))
-            and all(isinstance(entry.get(k), list) and all(isinstance(d, str) for d in entry[k])
+    return (isinstance(entry, dict) and _number(entry.get("t")) and _int(entry.get("id"), -1, 2**31)
+            and all(isinstance(entry.get(k), list) and all(_text(d) for d in entry[k])
                     for k in ("disks", "nics"))
-            and (nova is None or (isinstance(nova, dict) and isinstance(nova.get("name"), str)
-                                  and set(nova) <= set(NovaInstance.__dataclass_fields__))))
+            and isinstance(entry.get("balloon", True), bool)
+            and (entry.get("nova") is None or _valid_nova(entry["nova"])))
 
 
 def _this_boot(document):
@@ -323,7 +362,7 @@ def _measure(inst, sample, previous, baseline_in_run):
         return
     if not sample.active:
         return
-    inst.values = rates(previous, sample, inst.vcpus or sample.vcpus)
+    inst.values = rates(previous, sample, sample.vcpus or inst.vcpus)
     if not inst.values:
         inst.note = ("no rates (restarted or counters reset during the check)" if baseline_in_run
                      else "collecting baseline, rates from the next run")
@@ -337,8 +376,10 @@ def _instance(libvirt, names, uuid, dom, sample):
         if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             return None                      # vanished between listing and naming
         nova = None
-    return Instance(uuid, sample.name, sample.state_name, nova, (nova.vcpus if nova else None)
-                    or sample.vcpus, note=f"not measured: {sample.error}" if sample.error else None)
+    # CPU time is spent on the vCPUs the domain has now (hot-plug, a flavor's count edited
+    # by hand): the flavor's count only where libvirt gives none
+    return Instance(uuid, sample.name, sample.state_name, nova, sample.vcpus or (nova.vcpus if nova else None),
+                    note=f"not measured: {sample.error}" if sample.error else None)
 
 
 def _less_complete(sample, stored, max_age):
@@ -391,13 +432,25 @@ def _human(metric, value):
 
 
 def _judge(values, warning, critical):
+    """[(state, text, how far over the limit, relative to it)] for the values that break one."""
     problems = []
     for metric, value in values.items():
         state, limit = breach(value, warning.get(metric), critical.get(metric))
         if state:
             text = describe_breach(value, limit, lambda v, m=metric: _human(m, v))
-            problems.append((state, f"{METRICS[metric].text} {text}"))
+            problems.append((state, f"{METRICS[metric].text} {text}", _excess(value, limit)))
     return problems
+
+
+def _excess(value, limit):
+    """How far `value` is outside `limit`, relative to the bound it broke: 4.9 for 59 against
+    a limit of 10 (0 for a value inside an inverted range); a bound of 0 broken at all counts
+    as infinitely far."""
+    if limit.invert:
+        return 0.0
+    bound = limit.end if value > limit.end else limit.start
+    distance = abs(value - bound)
+    return distance / abs(bound) if bound else math.inf
 
 
 def evaluate(args, instances, host_cpus, mode, notes):
@@ -407,10 +460,12 @@ def evaluate(args, instances, host_cpus, mode, notes):
     for inst in instances:
         inst.problems = _judge(inst.values, warning, critical)
         if inst.state in state_crit:
-            inst.problems.insert(0, (plugin.CRITICAL, f"state {STATE_WORDS.get(inst.state, inst.state)}"))
+            inst.problems.insert(0, (plugin.CRITICAL, f"state {STATE_WORDS.get(inst.state, inst.state)}",
+                                     math.inf))
         elif inst.state in state_warn:
-            inst.problems.insert(0, (plugin.WARNING, f"state {STATE_WORDS.get(inst.state, inst.state)}"))
-        inst.problems.sort(key=lambda p: -p[0])
+            inst.problems.insert(0, (plugin.WARNING, f"state {STATE_WORDS.get(inst.state, inst.state)}",
+                                     math.inf))
+        inst.problems.sort(key=lambda p: (-p[0], -p[2]))
     instance_labels(instances)
 
     totals = {}
@@ -421,10 +476,13 @@ def evaluate(args, instances, host_cpus, mode, notes):
             totals[metric] = sum(values) / host_cpus if metric == "cpu" and host_cpus else sum(values)
     total_problems = _judge(totals, dict(args.total_warning), dict(args.total_critical))
 
-    offenders = sorted((i for i in instances if i.problems), key=lambda i: (-i.worst, i.name, i.uuid))
+    # worst first: by state, then by how far over its limit, so that neither names nor --top
+    # can hide the worst offender
+    offenders = sorted((i for i in instances if i.problems),
+                       key=lambda i: (-i.severity[0], -i.severity[1], i.name, i.uuid))
     unmeasured = [i for i in instances if i.note and i.note.startswith(("not measured", "vanished"))]
     measured = [i for i in instances if any(m != "memory" for m in i.values)]
-    overall = max([i.worst for i in offenders] + [s for s, _ in total_problems], default=plugin.OK)
+    overall = max([i.worst for i in offenders] + [s for s, _, _ in total_problems], default=plugin.OK)
     if instances and len(unmeasured) == len(instances) and overall == plugin.OK:
         overall = plugin.UNKNOWN
 
@@ -436,7 +494,7 @@ def evaluate(args, instances, host_cpus, mode, notes):
                                  key=lambda i: (i.state != "running", i.name, i.uuid))
     long_output = [_line(i) for i in ordered[:args.top]]
     if len(ordered) > args.top:
-        long_output.append(f"... and {len(ordered) - args.top} more instances (--top {args.top})")
+        long_output.append(f"... and {len(ordered) - args.top} more (--top {args.top})")
     if args.verbose:
         long_output.append(f"stats: {mode} path, {len(instances)} selected, host CPUs {host_cpus}")
     report = plugin.Report(overall, summary, long_output,
@@ -452,18 +510,18 @@ def _summary(instances, offenders, total_problems, totals, unmeasured, measured)
         return "no instances match the selection"
     parts = []
     if offenders:
-        shown = "; ".join(f"{_clip(i.title, 60)} " + ", ".join(text for _, text in i.problems)
+        shown = "; ".join(f"{i.short_title(60)} " + ", ".join(text for _, text, _ in i.problems)
                           for i in offenders[:3])
         more = f"; and {len(offenders) - 3} more" if len(offenders) > 3 else ""
-        parts.append(f"{len(offenders)} of {len(instances)} instances over limits: {shown}{more}")
+        parts.append(f"{len(offenders)} of {_count(len(instances))} over limits: {shown}{more}")
     if total_problems:
-        parts.append("host total " + ", ".join(text for _, text in total_problems))
+        parts.append("host total " + ", ".join(text for _, text, _ in total_problems))
     if not parts:
         states = {}
         for inst in instances:
             states[inst.state] = states.get(inst.state, 0) + 1
         by_state = ", ".join(f"{n} {STATE_WORDS.get(s, s)}" for s, n in sorted(states.items()))
-        parts.append(f"{len(instances)} instances within limits ({by_state})")
+        parts.append(f"{_count(len(instances))} within limits ({by_state})")
         if totals:
             shown = [m for m in ("cpu", "disk_read_bytes", "disk_write_bytes", "net_rx_bytes",
                                  "net_tx_bytes") if m in totals]
@@ -476,6 +534,10 @@ def _summary(instances, offenders, total_problems, totals, unmeasured, measured)
     return "; ".join(parts)
 
 
+def _count(number):
+    return f"{number} instance" if number == 1 else f"{number} instances"
+
+
 def _clip(text, chars):
     return text if len(text) <= chars else text[:chars - 1] + "\u2026"
 
@@ -484,7 +546,7 @@ def _line(inst):
     state = plugin.STATE_NAMES[inst.worst]
     where = f"[{inst.domain} {inst.uuid}, {STATE_WORDS.get(inst.state, inst.state)}]"
     if inst.problems:
-        detail = ", ".join(text for _, text in inst.problems)
+        detail = ", ".join(text for _, text, _ in inst.problems)
     elif inst.values:
         detail = ", ".join(f"{METRICS[m].text} {_human(m, inst.values[m])}" for m in METRICS
                            if m in inst.values)
