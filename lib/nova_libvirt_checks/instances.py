@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 
 from . import metadata, plugin
 from .connection import STATE_WORDS, call_error, default_uri, libvirt_module, open_connection
-from .domstats import Sampler
+from .domstats import REASONS, Sampler
 from .metadata import NovaInstance
 from .perfdata import label, token
 from .rates import METRICS, comparable, gauges, rates, to_state
@@ -26,17 +26,35 @@ NAME = "INSTANCES"
 STATE_NAMES = ("nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed",
                "pmsuspended")
 STATE_VERSION = 1
+# a guest that cannot run until someone acts: CRITICAL unless --state-critical says otherwise
+DEFAULT_STATE_CRITICAL = ("paused:ioerror", "paused:watchdog", "paused:crashed", "paused:postcopy_failed",
+                          "crashed", "shutoff:crashed")
+# paused by libvirt for a job that resumes it: told in the long output, never an alarm by default
+PASSING_PAUSES = ("migration", "save", "dump", "snapshot", "from_snapshot", "starting_up",
+                  "shutting_down", "postcopy")
+REASON_WORDS = {"ioerror": "I/O error", "postcopy": "post-copy", "postcopy_failed": "post-copy failed",
+                "api_error": "API error"}
 
-
-# ---------------------------------------------------------------- arguments
 
 def _states(text):
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [n for n in names if n not in STATE_NAMES]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown domain state in {text!r} (one of: {', '.join(STATE_NAMES)})")
-    return names
+    """STATE[:REASON],... with libvirt's names (e.g. paused:ioerror,crashed); a state alone
+    means any reason."""
+    specs = [part.strip() for part in text.split(",") if part.strip()]
+    if not specs:
+        raise argparse.ArgumentTypeError(f"no domain state in {text!r} (one of: {', '.join(STATE_NAMES)})")
+    for spec in specs:
+        state, _, reason = spec.partition(":")
+        if state not in STATE_NAMES:
+            raise argparse.ArgumentTypeError(
+                f"unknown domain state {state!r} in {text!r} (one of: {', '.join(STATE_NAMES)})")
+        if ":" in spec and reason not in REASONS[state]:
+            raise argparse.ArgumentTypeError(
+                f"unknown reason {reason!r} for {state} in {text!r} (one of: {', '.join(REASONS[state])})")
+    return specs
+
+
+def _state_matches(specs, inst):
+    return any(spec in (inst.state, f"{inst.state}:{inst.reason}") for spec in specs)
 
 
 def _non_negative(text):
@@ -64,9 +82,12 @@ def build_parser():
                "Sizes take K M G T (x1000) or Ki Mi Gi Ti (x1024), e.g. 50M = 50,000,000 B/s.\n"
                "Examples:\n"
                "  check_libvirt_instances -w disk_write_bytes=50M -c disk_write_bytes=100M -c cpu=95\n"
-               "  check_libvirt_instances --tenant '^acme$' -w net_rx_bytes=10M --state-critical crashed\n"
+               "  check_libvirt_instances --tenant '^acme$' -w net_rx_bytes=10M --state-warning paused:user\n"
                "Rates compare with the previous run's sample, kept in a state file; with no usable\n"
-               "sample (first run, restarted instance), the check samples twice, --interval apart.")
+               "sample (first run, restarted instance), the check samples twice, --interval apart." + "\n"
+               "State reasons (libvirt's names, for STATE:REASON):\n" + "".join(
+                   f"  {state}: {' '.join(reasons)}\n" for state, reasons in REASONS.items() if len(reasons) > 1)
+               + "Paused for " + ", ".join(PASSING_PAUSES) + " (libvirt resumes it) is never an alarm by default.")
     parser.add_argument("-U", "--connect", metavar="URI", default=None,
                         help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system); read-only")
     limits = named_range_type(set(METRICS), _units_of)
@@ -81,10 +102,13 @@ def build_parser():
     parser.add_argument("--total-critical", type=limits, action="append", default=[],
                         metavar="METRIC=RANGE", help="critical range for the sum; repeatable")
     parser.add_argument("--state-warning", type=_states, action="append", default=[],
-                        metavar="STATES", help="instances in these states (comma list, e.g. "
-                        "paused,blocked) are WARNING")
+                        metavar="STATE[:REASON],...",
+                        help="instances in these states are WARNING (comma list, libvirt's state and "
+                             "reason names, e.g. paused:user,blocked; a state alone: any reason)")
     parser.add_argument("--state-critical", type=_states, action="append", default=[],
-                        metavar="STATES", help="instances in these states (e.g. crashed) are CRITICAL")
+                        metavar="STATE[:REASON],...",
+                        help="instances in these states are CRITICAL (default: "
+                             + ",".join(DEFAULT_STATE_CRITICAL) + "; given, it replaces the default)")
     select = parser.add_argument_group("selection (regular expressions, searched; excludes win)")
     for option, what in (("tenant", "tenant (project) name or uuid"), ("name", "Nova name"),
                          ("domain", "libvirt domain name or uuid")):
@@ -169,12 +193,14 @@ class Instance:
     uuid: str
     domain: str
     state: str
+    reason: str
     nova: Optional[NovaInstance]
     vcpus: Optional[int]
     values: Dict[str, float] = field(default_factory=dict)
     problems: List[tuple] = field(default_factory=list)     # (state, text, how far over)
     note: Optional[str] = None                               # why not (fully) measured
     label: str = ""
+    disk_errors: Dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self):
@@ -195,6 +221,23 @@ class Instance:
         (a name must not be able to push its tenant out of sight)."""
         tenant = f" ({self.tenant})"
         return _clip(self.name, max(chars - len(tenant), 12)) + tenant
+
+    @property
+    def state_text(self):
+        """As virsh says it: `paused (I/O error)`, `shut off (crashed)`, `running`."""
+        words = STATE_WORDS.get(self.state, self.state)
+        if self.reason in ("unknown", "booted", "unpaused"):       # nothing an operator needs
+            return words
+        return f"{words} ({REASON_WORDS.get(self.reason, self.reason.replace('_', ' '))})"
+
+    @property
+    def state_problem(self):
+        """A state that is an alarm, in the status line's words: `paused: I/O error on vda: no space`."""
+        words, _, reason = self.state_text.partition(" (")
+        text = f"{words}: {reason[:-1]}" if reason else words
+        if self.disk_errors:
+            text += " on " + ", ".join(f"{disk}: {error}" for disk, error in self.disk_errors.items())
+        return text
 
     @property
     def worst(self):
@@ -265,7 +308,9 @@ def measure(args):
     memory = _this_boot(store.load())
     now = time.monotonic()
     names = Names(libvirt, memory.get("names"), args.metadata_ttl, now)
-    sampler = Sampler(libvirt, conn, args.stats_mode, devices=names.devices)
+    asked = [spec for group in args.state_warning + args.state_critical for spec in group]
+    sampler = Sampler(libvirt, conn, args.stats_mode, devices=names.devices,
+                      running_reasons=any(spec.startswith(("running:", "blocked:")) for spec in asked))
 
     def sample():
         try:
@@ -356,7 +401,7 @@ def _measure(inst, sample, previous, baseline_in_run):
     if sample is None:
         inst.note = "vanished during the check"
         return
-    inst.state = sample.state_name
+    inst.state, inst.reason, inst.disk_errors = sample.state_name, sample.reason_name, sample.disk_errors
     if sample.error:
         inst.note = f"not measured: {sample.error}"
         return
@@ -378,8 +423,10 @@ def _instance(libvirt, names, uuid, dom, sample):
         nova = None
     # CPU time is spent on the vCPUs the domain has now (hot-plug, a flavor's count edited
     # by hand): the flavor's count only where libvirt gives none
-    return Instance(uuid, sample.name, sample.state_name, nova, sample.vcpus or (nova.vcpus if nova else None),
-                    note=f"not measured: {sample.error}" if sample.error else None)
+    return Instance(uuid, sample.name, sample.state_name, sample.reason_name, nova,
+                    sample.vcpus or (nova.vcpus if nova else None),
+                    note=f"not measured: {sample.error}" if sample.error else None,
+                    disk_errors=sample.disk_errors)
 
 
 def _less_complete(sample, stored, max_age):
@@ -456,15 +503,14 @@ def _excess(value, limit):
 def evaluate(args, instances, host_cpus, mode, notes):
     warning, critical = dict(args.warning), dict(args.critical)
     state_warn = {s for group in args.state_warning for s in group}
-    state_crit = {s for group in args.state_critical for s in group}
+    state_crit = {s for group in args.state_critical for s in group} if args.state_critical \
+        else set(DEFAULT_STATE_CRITICAL)
     for inst in instances:
         inst.problems = _judge(inst.values, warning, critical)
-        if inst.state in state_crit:
-            inst.problems.insert(0, (plugin.CRITICAL, f"state {STATE_WORDS.get(inst.state, inst.state)}",
-                                     math.inf))
-        elif inst.state in state_warn:
-            inst.problems.insert(0, (plugin.WARNING, f"state {STATE_WORDS.get(inst.state, inst.state)}",
-                                     math.inf))
+        if _state_matches(state_crit, inst):
+            inst.problems.insert(0, (plugin.CRITICAL, inst.state_problem, math.inf))
+        elif _state_matches(state_warn, inst):
+            inst.problems.insert(0, (plugin.WARNING, inst.state_problem, math.inf))
         inst.problems.sort(key=lambda p: (-p[0], -p[2]))
     instance_labels(instances)
 
@@ -544,7 +590,7 @@ def _clip(text, chars):
 
 def _line(inst):
     state = plugin.STATE_NAMES[inst.worst]
-    where = f"[{inst.domain} {inst.uuid}, {STATE_WORDS.get(inst.state, inst.state)}]"
+    where = f"[{inst.domain} {inst.uuid}, {inst.state_text}]"
     if inst.problems:
         detail = ", ".join(text for _, text, _ in inst.problems)
     elif inst.values:
@@ -554,6 +600,10 @@ def _line(inst):
             detail += f" ({inst.note})"
     else:
         detail = inst.note or ("not running" if inst.state not in ("running", "blocked") else "no rates")
+    if not inst.problems and inst.state == "paused":
+        detail += ("; paused by libvirt for a job that resumes it: not an alarm" if inst.reason in PASSING_PAUSES
+                   else "; paused: an alarm only if asked (--state-warning/--state-critical "
+                        f"paused:{inst.reason})")
     return f"{state}: {inst.title} {where}: {detail}"
 
 
