@@ -3,11 +3,14 @@
 - A guest paused on an I/O error (its qcow2 on a tmpfs that is full) is CRITICAL by default,
   named with its tenant, the reason and the failing disk; with the shipped NRPE command too.
 - A suspended guest (`virsh suspend`) is OK by default, WARNING when asked (paused:user).
+- Services with different selections, run a moment apart on one state file, and an operator's
+  manual run: every rate covers at least --min-window and matches an independent measurement.
 
 The extra guests are transient domains named nlc-ioerr-*, made here from the harness's guest
 kernel and initramfs (tests/harness/libvirt: build_guest.sh, domain_xml.py) with little RAM,
 shared by the tests of this module and destroyed afterwards, even on failure.
 """
+import json
 import os
 import pathlib
 import re
@@ -16,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import pytest
@@ -169,3 +173,147 @@ def test_suspended_guest_is_ok_by_default(io_error_guests, tmp_path):
     # asking for another reason does not catch it
     other = check(tmp_path, "--domain", f"^{SUSPENDED}$", "--state-critical", "paused:migration")
     assert_plugin_output(other, 0)
+
+
+# ---------------------------------------------------------------- honest windows
+
+class IndependentSampler(threading.Thread):
+    """getAllDomainStats of the harness's guests every ~40 ms on its own connection, each
+    record stamped with time.monotonic() (the check's clock) at the middle of the call."""
+    GROUPS = ("VIR_DOMAIN_STATS_CPU_TOTAL", "VIR_DOMAIN_STATS_VCPU", "VIR_DOMAIN_STATS_INTERFACE",
+              "VIR_DOMAIN_STATS_BLOCK")
+
+    def __init__(self, uuids):
+        super().__init__(daemon=True)
+        self.uuids = uuids
+        self.series = {uuid: [] for uuid in uuids}       # uuid -> [(t, {metric: total})]
+        self.stop = threading.Event()
+        self.failure = None
+
+    def run(self):
+        libvirt = _libvirt()
+        conn = libvirt.openReadOnly(URI)
+        groups = 0
+        for name in self.GROUPS:
+            groups |= getattr(libvirt, name)
+        try:
+            doms = [conn.lookupByUUIDString(uuid) for uuid in self.uuids]
+            while not self.stop.is_set():
+                before = time.monotonic()
+                records = conn.domainListGetStats(doms, groups, 0)
+                when = (before + time.monotonic()) / 2
+                for dom, record in records:
+                    self.series[dom.UUIDString()].append((when, self.totals(record)))
+                time.sleep(0.04)
+        except Exception as exc:        # noqa: BLE001 - reported by the test
+            self.failure = exc
+        finally:
+            conn.close()
+
+    @staticmethod
+    def totals(record):
+        def total(kind, *fields):
+            return sum(record.get(f"{kind}.{i}.{f}", 0) for i in range(record.get(f"{kind}.count", 0))
+                       for f in fields)
+        return {"cpu": record["cpu.time"], "vcpus": record["vcpu.current"],
+                "disk_read_bytes": total("block", "rd.bytes"), "disk_write_bytes": total("block", "wr.bytes"),
+                "disk_read_ops": total("block", "rd.reqs"), "disk_write_ops": total("block", "wr.reqs"),
+                "net_rx_bytes": total("net", "rx.bytes"), "net_tx_bytes": total("net", "tx.bytes"),
+                "net_rx_packets": total("net", "rx.pkts"), "net_tx_packets": total("net", "tx.pkts"),
+                "net_errors": total("net", "rx.errs", "tx.errs"), "net_drops": total("net", "rx.drop", "tx.drop")}
+
+    def at(self, uuid, when):
+        """Every total linearly interpolated at `when` between the samples around it."""
+        series = self.series[uuid]
+        for (t0, v0), (t1, v1) in zip(series, series[1:]):
+            if t0 <= when <= t1:
+                share = (when - t0) / (t1 - t0) if t1 > t0 else 0
+                return {k: v0[k] + (v1[k] - v0[k]) * share for k in v0}
+        raise AssertionError(f"no independent samples around t={when:.3f} for {uuid}")
+
+    def rates(self, uuid, start, end):
+        a, b = self.at(uuid, start), self.at(uuid, end)
+        window = end - start
+        result = {k: (b[k] - a[k]) / window for k in a if k not in ("cpu", "vcpus")}
+        result["cpu"] = (b["cpu"] - a["cpu"]) / (window * 1e9 * b["vcpus"]) * 100
+        return result
+
+
+def _stored_times(state_dir):
+    """{uuid: [sample time]} of every sample in the check's state file."""
+    paths = [os.path.join(state_dir, n) for n in os.listdir(state_dir) if n.endswith(".json")]
+    with open(paths[0]) as handle:
+        document = json.load(handle)
+    times = {uuid: [e["t"] for e in entries] for uuid, entries in document.get("history", {}).items()}
+    for uuid, entry in document["samples"].items():
+        times.setdefault(uuid, []).append(entry["t"])
+    return times, {uuid: entry["t"] for uuid, entry in document["samples"].items()}
+
+
+def test_interleaved_selections_keep_honest_windows(libvirtd, tmp_path):
+    """Two services with different selections (--tenant acme, --tenant beta) 0.3 s apart, five
+    rounds, and an operator's manual run in between, all sharing one state file: every rate
+    covers at least --min-window and is within +-50 % of getAllDomainStats over the same
+    window (its ends read from the state file: the check's own samples)."""
+    min_window = 4.0
+    state_dir = str(tmp_path / "state")
+    guests = {g["uuid"]: g for g in libvirtd.guests}
+    sampler = IndependentSampler(sorted(guests))
+    sampler.start()
+    time.sleep(0.3)
+    runs = []
+
+    def run(*selection):
+        before, _ = _stored_times(state_dir) if os.path.isdir(state_dir) else ({}, {})
+        result = check(tmp_path, "-v", "--top", "20", "--min-window", f"{min_window:g}", *selection)
+        assert_plugin_output(result, 0)
+        _, latest = _stored_times(state_dir)
+        runs.append((selection, result, before, latest))
+
+    try:
+        for round_number in range(5):
+            started = time.monotonic()
+            run("--tenant", "^acme$")
+            time.sleep(0.3)
+            run("--tenant", "^beta$")
+            if round_number == 2:
+                time.sleep(1.1)
+                run()                                   # the operator, by hand
+            time.sleep(max(0.0, started + min_window + 0.5 - time.monotonic()))
+        time.sleep(0.3)
+    finally:
+        sampler.stop.set()
+        sampler.join()
+    assert sampler.failure is None, sampler.failure
+
+    checked, deviations, windows = 0, {}, []
+    for number, (selection, result, before, latest) in enumerate(runs):
+        for line in result.lines[1:]:
+            match = re.match(r"OK: (\S+) \((\w+)\) \[\S+ (\S+), running\]: .*; rates over ([\d.]+) s$", line)
+            if not match:
+                continue
+            name, _tenant, uuid, window = match.group(1), match.group(2), match.group(3), float(match.group(4))
+            end = latest[uuid]
+            start = min(before.get(uuid, []), key=lambda t: abs(end - window - t), default=None)
+            if start is None or abs(end - window - start) > 0.006:
+                # not against a stored sample: only a service's first run may sample twice itself
+                assert number < 2 and window < min_window, (line, before.get(uuid))
+                continue
+            assert end - start >= min_window, line
+            windows.append(end - start)
+            independent = sampler.rates(uuid, start, end)
+            prefix = f"{name}_{uuid.replace('-', '')[:8]}."
+            values = {label[len(prefix):]: value for label, value in result.values().items()
+                      if label.startswith(prefix) and label[len(prefix):] in independent}
+            assert len(values) == len(independent), (values, independent)
+            for metric, value in values.items():
+                truth = independent[metric]
+                if truth:
+                    deviations.setdefault(metric, []).append(abs(value - truth) / truth)
+                assert abs(value - truth) <= 0.5 * truth + 0.1, (
+                    f"run {number} {selection} {name} {metric}: check {value} vs getAllDomainStats "
+                    f"{truth:.2f} over {end - start:.2f} s")
+            checked += 1
+    print(f"{checked} windows of {min(windows):.2f}-{max(windows):.2f} s; largest deviation from "
+          "getAllDomainStats: " + ", ".join(f"{m} {max(d):.1%}" for m, d in deviations.items()))
+    assert checked >= 2 * 4 + 2, f"only {checked} instance windows compared"

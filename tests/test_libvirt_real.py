@@ -17,7 +17,8 @@ def state_dir(tmp_path):
 
 
 def instances(state_dir, *args, **kwargs):
-    return run_check("check_libvirt_instances", "--state-dir", state_dir, *args, **kwargs)
+    # runs a moment apart compare with each other (--min-window 0), as the tests here expect
+    return run_check("check_libvirt_instances", "--state-dir", state_dir, "--min-window", "0", *args, **kwargs)
 
 
 def guest_labels(result):
@@ -93,7 +94,7 @@ def test_threshold_below_the_measured_rate_names_the_instance(libvirtd, state_di
     result = instances(state_dir, "-w", "disk_write_bytes=1K", "-c", "net_tx_bytes=1",
                        "--name", "^web-01$")
     assert_plugin_output(result, 2)
-    assert result.text.startswith("INSTANCES CRITICAL - 1 of 1 instances over limits: web-01 (acme) ")
+    assert result.text.startswith("INSTANCES CRITICAL - 1 of 1 instance over limits: web-01 (acme) ")
     assert "net tx" in result.text and "> 1 B/s" in result.text
     assert "disk write" in result.text and "> 1 kB/s" in result.text
 

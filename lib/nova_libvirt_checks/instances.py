@@ -17,7 +17,7 @@ from .connection import STATE_WORDS, call_error, default_uri, libvirt_module, op
 from .domstats import REASONS, Sampler
 from .metadata import NovaInstance
 from .perfdata import label, token
-from .rates import METRICS, comparable, gauges, rates, to_state
+from .rates import METRICS, baseline, gauges, rates, remember, to_state
 from .state import StateError, StateFile, boot_id, file_for
 from .thresholds import (COUNT_UNITS, PLAIN_UNITS, SIZE_UNITS, breach, describe_breach,
                          named_range_type)
@@ -83,8 +83,9 @@ def build_parser():
                "Examples:\n"
                "  check_libvirt_instances -w disk_write_bytes=50M -c disk_write_bytes=100M -c cpu=95\n"
                "  check_libvirt_instances --tenant '^acme$' -w net_rx_bytes=10M --state-warning paused:user\n"
-               "Rates compare with the previous run's sample, kept in a state file; with no usable\n"
-               "sample (first run, restarted instance), the check samples twice, --interval apart." + "\n"
+               "Rates compare with an earlier run's sample at least --min-window old, kept in a state\n"
+               "file shared by all runs on the URI; with none (first runs, restarted instance), the\n"
+               "check samples twice, --interval apart." + "\n"
                "State reasons (libvirt's names, for STATE:REASON):\n" + "".join(
                    f"  {state}: {' '.join(reasons)}\n" for state, reasons in REASONS.items() if len(reasons) > 1)
                + "Paused for " + ", ".join(PASSING_PAUSES) + " (libvirt resumes it) is never an alarm by default.")
@@ -135,6 +136,10 @@ def build_parser():
     measuring.add_argument("--interval", type=_non_negative, default=None, metavar="SECONDS",
                            help="with no usable previous sample, sample twice this far apart within "
                                 "the run (default 1); 0: report 'collecting baseline' instead")
+    measuring.add_argument("--min-window", type=_non_negative, default=30, metavar="SECONDS",
+                           help="a rate covers at least this long: an earlier run's sample younger than "
+                                "this is not used, whatever selection stored it (default 30, for check "
+                                "intervals of 1-5 minutes)")
     measuring.add_argument("--max-age", type=_non_negative, default=1800, metavar="SECONDS",
                            help="a previous sample older than this is not used (default 1800)")
     measuring.add_argument("--metadata-ttl", type=_non_negative, default=900, metavar="SECONDS",
@@ -201,6 +206,7 @@ class Instance:
     note: Optional[str] = None                               # why not (fully) measured
     label: str = ""
     disk_errors: Dict[str, str] = field(default_factory=dict)
+    window: Optional[float] = None                           # seconds the rates cover
 
     @property
     def name(self):
@@ -326,11 +332,13 @@ def measure(args):
     except libvirt.libvirtError as exc:
         raise call_error(exc, f"reading domains from {uri}", plugin.UNKNOWN) from None
 
-    previous = {uuid: entry for uuid, entry in (memory.get("samples") or {}).items()
-                if isinstance(entry, dict) and 0 <= now - entry.get("t", -1e18) <= args.max_age}
+    history = memory.get("history") or {}
+    previous = {i.uuid: baseline(history.get(i.uuid), samples[i.uuid], args.min_window, args.max_age)
+                for i in chosen}
     without_baseline = [i for i in chosen if samples[i.uuid].active and not samples[i.uuid].error
-                        and not comparable(previous.get(i.uuid), samples[i.uuid])]
+                        and not previous[i.uuid]]
     baseline_in_run = bool(without_baseline) and 0 < args.interval < args.timeout / 2
+    first = {}
     if baseline_in_run:
         first = samples
         time.sleep(args.interval)
@@ -339,7 +347,7 @@ def measure(args):
 
     for inst in chosen:
         _measure(inst, samples.get(inst.uuid), previous.get(inst.uuid), baseline_in_run)
-    notes = list(dict.fromkeys(store.notes + _save(store, samples, names, args.max_age)))
+    notes = list(dict.fromkeys(store.notes + _save(store, [first, samples], names, args)))
     return evaluate(args, chosen, host_cpus, sampler.used_mode, notes)
 
 
@@ -388,9 +396,14 @@ def _this_boot(document):
     are dropped."""
     if document.get("version") != STATE_VERSION or document.get("boot") != boot_id():
         return {}
-    samples, names = document.get("samples"), document.get("names")
-    document["samples"] = {u: e for u, e in samples.items() if _valid_sample(e)} \
-        if isinstance(samples, dict) else {}
+    samples, older, names = document.get("samples"), document.get("history"), document.get("names")
+    samples = samples if isinstance(samples, dict) else {}
+    older = older if isinstance(older, dict) else {}
+    # "samples": each domain's latest sample; "history": the earlier ones kept for --min-window
+    document["history"] = {
+        uuid: sorted((e for e in (older.get(uuid) if isinstance(older.get(uuid), list) else [])
+                      + [samples.get(uuid)] if _valid_sample(e)), key=lambda e: e["t"])
+        for uuid in set(samples) | set(older)}
     document["names"] = {u: e for u, e in names.items() if _valid_name(e)} \
         if isinstance(names, dict) else {}
     return document
@@ -408,6 +421,8 @@ def _measure(inst, sample, previous, baseline_in_run):
     if not sample.active:
         return
     inst.values = rates(previous, sample, sample.vcpus or inst.vcpus)
+    if inst.values:
+        inst.window = sample.time - previous["t"]
     if not inst.values:
         inst.note = ("no rates (restarted or counters reset during the check)" if baseline_in_run
                      else "collecting baseline, rates from the next run")
@@ -430,33 +445,32 @@ def _instance(libvirt, names, uuid, dom, sample):
 
 
 def _less_complete(sample, stored, max_age):
-    """Whether `sample` lacks counters that the stored sample of the same domain run has
-    (NOWAIT left out a busy domain's block stats): keeping the stored one gives the next run
-    its rates. Only within half --max-age, so an unplugged device does not pin an old sample."""
-    return (isinstance(stored, dict) and stored.get("id") == sample.id
-            and 0 <= sample.time - stored.get("t", -1e18) <= max_age / 2
-            and not set(stored.get("c") or {}) <= set(sample.counters))
+    """Whether `sample` lacks counters that the newest stored sample of the same domain run has
+    (NOWAIT left out a busy domain's block stats): not storing it gives the next run all its
+    rates. Only within half --max-age, so an unplugged device does not pin an old sample."""
+    return (bool(stored) and stored["id"] == sample.id and 0 <= sample.time - stored["t"] <= max_age / 2
+            and not set(stored["c"]) <= set(sample.counters))
 
 
-def _save(store, samples, names, max_age):
-    """Store this run's samples and names; merge with what concurrent runs stored meanwhile."""
+def _save(store, runs, names, args):
+    """Add this run's samples (`runs`: the in-run baseline's, if any, and the last) to each
+    domain's history; merge with what concurrent runs stored meanwhile (under the lock)."""
     def change(current):
         current = _this_boot(current) or {"version": STATE_VERSION, "boot": boot_id()}
-        stored = current.get("samples") or {}
-        result = {}
+        stored = current.get("history") or {}
         now = time.monotonic()
-        for uuid, sample in samples.items():
-            theirs = stored.get(uuid)
-            if sample.counters and not (isinstance(theirs, dict) and sample.time < theirs["t"] <= now
-                                        and theirs.get("id") == sample.id) \
-                    and not _less_complete(sample, theirs, max_age):
-                result[uuid] = to_state(sample)
-            elif isinstance(theirs, dict):
-                result[uuid] = theirs
+        history = {}
+        for uuid, sample in runs[-1].items():
+            mine = [run[uuid] for run in runs if uuid in run and run[uuid].counters]
+            theirs = stored.get(uuid) or []
+            new = [to_state(s) for s in mine
+                   if not _less_complete(s, theirs[-1] if theirs else None, args.max_age)]
+            history[uuid] = remember(theirs, new, now, args.min_window, args.max_age)
+        current["samples"] = {uuid: entries[-1] for uuid, entries in history.items() if entries}
+        current["history"] = {uuid: entries[:-1] for uuid, entries in history.items() if len(entries) > 1}
         known = current.get("names") or {}
-        current["samples"] = result
         current["names"] = {uuid: names.entries.get(uuid) or known.get(uuid)
-                            for uuid in samples if names.entries.get(uuid) or known.get(uuid)}
+                            for uuid in runs[-1] if names.entries.get(uuid) or known.get(uuid)}
         return current
     try:
         store.update(change)
@@ -538,11 +552,14 @@ def evaluate(args, instances, host_cpus, mode, notes):
     # within limits: running ones first, then by name, so the lines keep their order run to run
     ordered = offenders + sorted((i for i in instances if not i.problems),
                                  key=lambda i: (i.state != "running", i.name, i.uuid))
-    long_output = [_line(i) for i in ordered[:args.top]]
+    long_output = [_line(i, args.verbose) for i in ordered[:args.top]]
     if len(ordered) > args.top:
         long_output.append(f"... and {len(ordered) - args.top} more (--top {args.top})")
     if args.verbose:
-        long_output.append(f"stats: {mode} path, {len(instances)} selected, host CPUs {host_cpus}")
+        windows = [i.window for i in instances if i.window]
+        span = f", rates over {min(windows):.1f}-{max(windows):.1f} s (--min-window {args.min_window:g})" \
+            if windows else ""
+        long_output.append(f"stats: {mode} path, {len(instances)} selected, host CPUs {host_cpus}{span}")
     report = plugin.Report(overall, summary, long_output,
                            _perfdata(args.perfdata, instances, totals, warning, critical, args))
     lighter = ((_perfdata(mode, instances, totals, warning, critical, args),   # built only if needed
@@ -588,7 +605,7 @@ def _clip(text, chars):
     return text if len(text) <= chars else text[:chars - 1] + "\u2026"
 
 
-def _line(inst):
+def _line(inst, verbose=0):
     state = plugin.STATE_NAMES[inst.worst]
     where = f"[{inst.domain} {inst.uuid}, {inst.state_text}]"
     if inst.problems:
@@ -604,6 +621,8 @@ def _line(inst):
         detail += ("; paused by libvirt for a job that resumes it: not an alarm" if inst.reason in PASSING_PAUSES
                    else "; paused: an alarm only if asked (--state-warning/--state-critical "
                         f"paused:{inst.reason})")
+    if verbose and inst.window:
+        detail += f"; rates over {inst.window:.2f} s"
     return f"{state}: {inst.title} {where}: {detail}"
 
 
