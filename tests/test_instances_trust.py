@@ -163,7 +163,7 @@ def test_damaged_state_entries_are_dropped_and_read_again(state_dir, damage):
             assert 20 < value < 110, (label, value, result.stdout)     # never CPU -100 %
         assert value >= 0, (label, value)
     # the file is written afresh with good entries: the next run is normal
-    again = check(state_dir, "--interval", "0", uri=NODE_URI)
+    again = check(state_dir, "--interval", "0", "--min-window", "0", uri=NODE_URI)
     assert_plugin_output(again, 0)
     assert "collecting baseline" not in again.stdout
 
@@ -179,7 +179,7 @@ def test_unusable_state_file_means_a_fresh_start(state_dir, text):
     assert_plugin_output(result, 0)
     assert "internal error" not in result.stdout
     assert "starting afresh" in result.text
-    again = check(state_dir, "--interval", "0", uri=NODE_URI)
+    again = check(state_dir, "--interval", "0", "--min-window", "0", uri=NODE_URI)
     assert_plugin_output(again, 0)
     assert "starting afresh" not in again.text and "collecting baseline" not in again.stdout
 
@@ -198,3 +198,19 @@ def test_deeply_nested_token_cache_is_a_fresh_start(tmp_path):
     assert "nested too deeply" in store.notes[0] and "starting afresh" in store.notes[0]
     store.update(lambda document: {**document, "token": "fresh"})
     assert StateFile(str(path)).load() == {"token": "fresh"}
+
+
+# ---------------------------------------------------------------- timeout words
+
+def test_catastrophic_regex_timeout_names_the_selection_not_libvirtd(tmp_path, state_dir):
+    """`^(a+)+$` against 30 a's and a `!` backtracks for minutes: -t 1 ends it, and the verdict
+    says what used up the time."""
+    with open(ORDER_URI[len("test://"):]) as handle:
+        node = handle.read().replace("<nova:name>victim</nova:name>", f"<nova:name>{'a' * 30}!</nova:name>")
+    path = tmp_path / "redos-node.xml"
+    path.write_text(node)
+    result = check(state_dir, "--name", "^(a+)+$", "-t", "1", "--interval", "0", uri=f"test://{path}")
+    assert_plugin_output(result, 3)
+    assert result.text == (f"INSTANCES UNKNOWN - test://{path}: matching the selection's regular expressions "
+                           "(--tenant, --name, --domain, --exclude-*) took longer than 1 s, instances not measured")
+    assert result.elapsed < 3

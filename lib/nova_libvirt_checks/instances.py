@@ -266,6 +266,13 @@ def _collapse(text):
 _SPACES = re.compile("[\u0020\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+")
 
 
+def _selecting(args, inst):
+    _doing(args, "selection")
+    chosen = selected(args, inst)
+    _doing(args, "libvirtd")
+    return chosen
+
+
 def selected(args, inst):
     nova = inst.nova
     fields = {"tenant": [nova.project_name, nova.project_uuid] if nova else [],
@@ -328,7 +335,8 @@ def measure(args):
     try:
         host_cpus = conn.getInfo()[2]
         known = (_instance(libvirt, names, uuid, domains[uuid], s) for uuid, s in samples.items())
-        chosen = [inst for inst in known if inst and selected(args, inst)]
+        chosen = [inst for inst in known if inst and _selecting(args, inst)]
+        _doing(args, "libvirtd")
     except libvirt.libvirtError as exc:
         raise call_error(exc, f"reading domains from {uri}", plugin.UNKNOWN) from None
 
@@ -653,9 +661,31 @@ def _token(name, metric, value, warning, critical):
                  0, 100 if spec.kind == "percent" else None)
 
 
+class Activity:
+    """What the run is doing, in the words of a timeout: the watchdog renders it (str) when the
+    deadline fires, so the verdict names what used up -t, libvirtd or not."""
+
+    def __init__(self, args):
+        self.uri = args.connect or default_uri()
+        self.timeout = args.timeout
+        self.now = "libvirtd"
+
+    def __str__(self):
+        if self.now == "selection":
+            return (f"{self.uri}: matching the selection's regular expressions (--tenant, --name, "
+                    f"--domain, --exclude-*) took longer than {self.timeout:g} s, instances not measured")
+        return f"{self.uri}: no answer from libvirtd within {self.timeout:g} s, instances not measured"
+
+
+def _doing(args, what):
+    activity = getattr(args, "activity", None)
+    if activity:
+        activity.now = what
+
+
 def timeout_message(args):
-    uri = args.connect or default_uri()
-    return f"{uri}: no answer from libvirtd within {args.timeout:g} s, instances not measured"
+    args.activity = Activity(args)
+    return args.activity
 
 
 def main(argv=None):
