@@ -468,7 +468,7 @@ def _save(store, runs, names, args):
         stored = current.get("history") or {}
         now = time.monotonic()
         history = {}
-        for uuid, sample in runs[-1].items():
+        for uuid in runs[-1]:
             mine = [run[uuid] for run in runs if uuid in run and run[uuid].counters]
             theirs = stored.get(uuid) or []
             new = [to_state(s) for s in mine
