@@ -214,3 +214,77 @@ def test_catastrophic_regex_timeout_names_the_selection_not_libvirtd(tmp_path, s
     assert result.text == (f"INSTANCES UNKNOWN - test://{path}: matching the selection's regular expressions "
                            "(--tenant, --name, --domain, --exclude-*) took longer than 1 s, instances not measured")
     assert result.elapsed < 3
+
+
+# ---------------------------------------------------------------- states and reasons (in-process)
+
+@pytest.mark.parametrize("state, reason, disk_errors, options, expected, words", [
+    ("paused", "ioerror", {"vda": "no space"}, [], "CRITICAL", "acc-vm (acme) paused: I/O error on vda: no space"),
+    ("paused", "ioerror", {}, [], "CRITICAL", "acc-vm (acme) paused: I/O error"),
+    ("paused", "watchdog", {}, [], "CRITICAL", "acc-vm (acme) paused: watchdog"),
+    ("crashed", "panicked", {}, [], "CRITICAL", "acc-vm (acme) crashed: panicked"),
+    ("crashed", "unknown", {}, [], "CRITICAL", "acc-vm (acme) crashed"),
+    ("shutoff", "crashed", {}, [], "CRITICAL", "acc-vm (acme) shut off: crashed"),
+    ("shutoff", "shutdown", {}, [], "OK", "not running"),
+    ("paused", "migration", {}, [], "OK", "paused by libvirt for a job that resumes it: not an alarm"),
+    ("paused", "snapshot", {}, [], "OK", "not an alarm"),
+    ("paused", "starting_up", {}, [], "OK", "not an alarm"),
+    ("paused", "postcopy", {}, [], "OK", "not an alarm"),
+    ("paused", "save", {}, [], "OK", "not an alarm"),
+    ("paused", "user", {}, [], "OK", "an alarm only if asked (--state-warning/--state-critical paused:user)"),
+    ("paused", "user", {}, ["--state-warning", "paused:user"], "WARNING", "acc-vm (acme) paused: user"),
+    ("paused", "user", {}, ["--state-warning", "paused"], "WARNING", "acc-vm (acme) paused: user"),
+    # any --state-critical replaces the default
+    ("paused", "ioerror", {"vda": "no space"}, ["--state-critical", "crashed"], "OK", "an alarm only if asked"),
+    ("running", "migrated", {}, ["--state-critical", "running:migrated"], "CRITICAL", "acc-vm (acme) running: migrated"),
+])
+def test_state_reasons_and_defaults(state, reason, disk_errors, options, expected, words):
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "lib"))
+    from nova_libvirt_checks import instances
+    from nova_libvirt_checks.metadata import NovaInstance
+    args = instances.build_parser().parse_args(options)
+    inst = instances.Instance("8f2b7c1e-0000-4000-8000-000000000001", "instance-1", state, reason,
+                              NovaInstance("acc-vm", project_name="acme"), 1, disk_errors=disk_errors)
+    report = instances.evaluate(args, [inst], 2, "bulk", [])
+    assert plugin_state(report) == expected, (report.summary, report.long_output)
+    assert words in report.summary + "\n" + "\n".join(report.long_output)
+
+
+def plugin_state(report):
+    return {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}[report.state]
+
+
+@pytest.mark.parametrize("text", ["paused:nosuch", "sleepy", "paused:", "crashed:ioerror", ",", "paused:user,bogus"])
+def test_state_limits_refuse_unknown_states_and_reasons(state_dir, text):
+    result = check(state_dir, "--state-critical", text)
+    assert_plugin_output(result, 3)
+    assert result.text.startswith("INSTANCES UNKNOWN - invalid argument: argument --state-critical: ")
+
+
+# ---------------------------------------------------------------- the history behind honest windows
+
+def test_history_always_offers_a_window_of_at_least_min_window_and_stays_short():
+    """Runs of several services at random moments (0.1 s to 90 s apart) for a simulated day:
+    once the state is older than --min-window, every run has a baseline at least that old and
+    at most one check interval older than needed; the history never holds more than a few."""
+    import random
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "lib"))
+    from nova_libvirt_checks.domstats import DomainSample
+    from nova_libvirt_checks.rates import baseline, remember, to_state
+    rng = random.Random(10)
+    min_window, max_age = 30.0, 1800.0
+    history, now, first, longest = [], 1000.0, 1000.0, 0
+    while now < first + 86400:
+        now += rng.choice([0.1, 0.3, 1, 5, 29.9, 30, 60, 61, 90])
+        sample = DomainSample("u", "d", 7, 1, now, 1, counters={"cpu": int(now * 1e9)})
+        chosen = baseline(history, sample, min_window, max_age)
+        if now - first >= min_window + 90:
+            assert chosen is not None and now - chosen["t"] >= min_window, (now, history)
+            assert now - chosen["t"] <= min_window + 90 + 0.1
+        elif chosen is not None:
+            assert now - chosen["t"] >= min_window
+        history = remember(history, [to_state(sample)], now, min_window, max_age)
+        longest = max(longest, len(history))
+    assert longest <= 7, longest
