@@ -46,8 +46,9 @@ demo: venv
 	@echo '$$ ./checks/check_libvirt_instances -U test://$(NODE) --perfdata totals --top 4'
 	@./checks/check_libvirt_instances -U test://$(NODE) --perfdata totals --top 4; echo "(exit $$?)"
 
+# every service is installed and started here: a skip is a failure (tests/conftest.py)
 test: apt-services venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	NLC_REQUIRE_SERVICES=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 sandbox: apt-services venv
 	tests/harness/libvirt/start

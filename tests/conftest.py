@@ -2,7 +2,9 @@
 
 Real services (libvirtd with QEMU guests, the local OpenStack cloud, Icinga 2 / Nagios / NRPE)
 are started by session fixtures in the tests/fixtures_*.py plugins below. A test that needs a
-service it cannot get fails in CI (CI=true) and is skipped with the reason printed elsewhere.
+service it cannot get fails under `make test` (which exports NLC_REQUIRE_SERVICES=1) and in CI
+(CI=true); there, any other skip (pytest.skip, importorskip, a skip marker) fails too. A plain
+`pytest` elsewhere skips it, with the reason printed (-ra).
 """
 import os
 import sys
@@ -12,6 +14,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECKS = os.path.join(ROOT, "checks")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# `make test` and CI: every service is installed and started, so nothing may be skipped
+REQUIRE_SERVICES = IN_CI or os.environ.get("NLC_REQUIRE_SERVICES", "").lower() in ("1", "true", "yes")
 
 pytest_plugins = [
     "tests.fixtures_libvirt",
@@ -21,10 +25,36 @@ pytest_plugins = [
 
 
 def service_unavailable(reason):
-    """A needed real service cannot be had: fail in CI, skip (reason printed) elsewhere."""
-    if IN_CI:
-        pytest.fail(f"required service unavailable in CI: {reason}", pytrace=False)
-    pytest.skip(f"not in CI, service unavailable: {reason}")
+    """A needed real service cannot be had: fail under `make test` and in CI, skip (reason
+    printed) elsewhere."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"required service unavailable (NLC_REQUIRE_SERVICES/CI): {reason}", pytrace=False)
+    pytest.skip(f"service unavailable: {reason}")
+
+
+def _skip_reason(report):
+    longrepr = report.longrepr
+    return longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+
+
+def _no_skip_under_make_test(report):
+    """Under `make test`/CI a skip is a failure, whoever raised it (importorskip at import
+    time included); an expected failure (xfail) stays what it is."""
+    if REQUIRE_SERVICES and report.skipped and not hasattr(report, "wasxfail"):
+        report.longrepr = f"skipped, but NLC_REQUIRE_SERVICES/CI forbids skips: {_skip_reason(report)}"
+        report.outcome = "failed"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _no_skip_under_make_test(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    _no_skip_under_make_test(outcome.get_result())
 
 
 def is_root():
