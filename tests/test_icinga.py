@@ -181,8 +181,9 @@ def test_every_option_of_every_check_is_an_argument_of_its_checkcommand():
                         assert {"-v", "-vv", "-vvv"} <= keys
                     else:
                         assert keys & set(strings), f"{command}: no argument for {strings}"
-                        assert f'value = "${command}_{action.dest}$"' in body or \
-                            f'set_if = "${command}_{action.dest}$"' in body, strings
+                        # a flag (no value) is set_if, an option with a value passes it
+                        key = "set_if" if action.nargs == 0 else "value"
+                        assert f'{key} = "${command}_{action.dest}$"' in body, strings
 
 
 def test_checkcommand_defaults_are_valid_arguments():
