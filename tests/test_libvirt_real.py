@@ -8,7 +8,12 @@ import time
 import pytest
 
 from tests.checkrun import assert_plugin_output, run_check
+from tests.oracle import (CounterRecorder, assert_rates_match, bulk_reader, label_base,
+                          measure_twice)
 from tests.fixtures_libvirt import RO_SOCKET, run_as_nagios
+
+
+GUESTS = "^instance-0000000[12]$"
 
 
 @pytest.fixture
@@ -70,21 +75,27 @@ def test_stale_socket_is_critical(libvirtd_down):
 
 # ---------------------------------------------------------------- check_libvirt_instances
 
-def test_real_guests_named_by_nova_name_and_tenant_with_io(libvirtd, state_dir):
-    instances(state_dir, "--interval", "0")
-    time.sleep(3)
-    result = instances(state_dir, "--domain", "^instance-0000000[12]$")
+@pytest.mark.parametrize("mode", ["bulk", "per-domain"])
+def test_every_number_matches_the_tests_own_measurement(libvirtd, state_dir, mode):
+    """Each guest's CPU, memory, disk and network figures and every total.* against the test's
+    own getAllDomainStats readings over the window the check recorded (tests/oracle.py)."""
+    uuids = [g["uuid"] for g in libvirtd.guests]
+    with libvirtd.open_ro() as conn, CounterRecorder(bulk_reader(conn, uuids)) as recorder:
+        result, starts, ends = measure_twice(
+            lambda *a: instances(state_dir, "--stats-mode", mode, "--domain", GUESTS, *a),
+            state_dir, recorder)
+        host_cpus = conn.getInfo()[2]
     assert_plugin_output(result, 0)
     assert "2 instances within limits (2 running)" in result.text
     assert "web-01 (acme)" in result.stdout and "db-01 (beta)" in result.stdout
-    values = result.values()
-    for guest in libvirtd.guests:
-        base = f"{guest['nova_name']}_{guest['uuid'].replace('-', '')[:8]}"
-        for metric in ("disk_read_bytes", "disk_write_bytes", "net_rx_bytes", "net_tx_bytes",
-                       "net_rx_packets", "disk_write_ops"):
-            assert values[f"{base}.{metric}"] > 0, (base, metric, result.stdout)
-        assert 0 < values[f"{base}.cpu"] <= 100
-        assert 0 < values.get(f"{base}.memory", 50) < 100
+    vcpus = {g["uuid"]: g["flavor"]["vcpus"] for g in libvirtd.guests}
+    bases = {g["uuid"]: label_base(g["nova_name"], g["uuid"]) for g in libvirtd.guests}
+    checked = assert_rates_match(result, recorder, bases, starts, ends, vcpus, host_cpus)
+    print("\n".join(f"{k}: {v}" for k, v in checked.items()))
+    for base in bases.values():        # the guests do I/O: no figure is a trivial 0
+        for metric in ("cpu", "memory", "disk_read_bytes", "disk_write_bytes", "disk_write_ops",
+                       "net_rx_bytes", "net_tx_bytes", "net_rx_packets"):
+            assert checked[f"{base}.{metric}"][1] > 0, (base, metric, result.stdout)
 
 
 def test_threshold_below_the_measured_rate_names_the_instance(libvirtd, state_dir):
