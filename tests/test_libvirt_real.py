@@ -3,11 +3,11 @@ I/O (tests/harness/libvirt): web-01 of tenant acme (Nova metadata 1.1) and db-01
 (Nova metadata 1.0). Also as the unprivileged nagios user, through the read-only socket."""
 import os
 import socket
-import time
 
 import pytest
 
 from tests.checkrun import assert_plugin_output, run_check
+from tests.helpers import wait_for_growth
 from tests.oracle import (CounterRecorder, assert_rates_match, bulk_reader, label_base,
                           measure_twice)
 from tests.fixtures_libvirt import RO_SOCKET, run_as_nagios
@@ -81,10 +81,10 @@ def test_every_number_matches_the_tests_own_measurement(libvirtd, state_dir, mod
     own getAllDomainStats readings over the window the check recorded (tests/oracle.py)."""
     uuids = [g["uuid"] for g in libvirtd.guests]
     with libvirtd.open_ro() as conn, CounterRecorder(bulk_reader(conn, uuids)) as recorder:
+        host_cpus = conn.getInfo()[2]
         result, starts, ends = measure_twice(
             lambda *a: instances(state_dir, "--stats-mode", mode, "--domain", GUESTS, *a),
             state_dir, recorder)
-        host_cpus = conn.getInfo()[2]
     assert_plugin_output(result, 0)
     assert "2 instances within limits (2 running)" in result.text
     assert "web-01 (acme)" in result.stdout and "db-01 (beta)" in result.stdout
@@ -100,7 +100,8 @@ def test_every_number_matches_the_tests_own_measurement(libvirtd, state_dir, mod
 
 def test_threshold_below_the_measured_rate_names_the_instance(libvirtd, state_dir):
     instances(state_dir, "--interval", "0")
-    time.sleep(3)
+    # web-01 wrote and sent since that sample (its disk I/O comes in bursts ~1 s apart)
+    wait_for_growth(libvirtd, ("block.0.wr.bytes", "net.0.tx.bytes"), ["instance-00000001"])
     result = instances(state_dir, "-w", "disk_write_bytes=1K", "-c", "net_tx_bytes=1",
                        "--name", "^web-01$")
     assert_plugin_output(result, 2)
@@ -113,7 +114,7 @@ def test_both_stats_paths_give_the_same_metrics(libvirtd, state_dir):
     labels = {}
     for mode in ("bulk", "per-domain"):
         instances(state_dir + mode, "--stats-mode", mode, "--interval", "0")
-        time.sleep(2)
+        wait_for_growth(libvirtd, ("block.0.rd.reqs", "block.0.wr.reqs", "net.0.rx.pkts", "net.0.tx.pkts"))
         result = instances(state_dir + mode, "--stats-mode", mode, "--domain", "^instance-0000000[12]$", "-v")
         assert_plugin_output(result, 0)
         assert f"stats: {mode} path" in result.stdout
