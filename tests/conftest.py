@@ -64,6 +64,12 @@ def is_root():
 TEST_ROOT = os.environ.get("NLC_TEST_ROOT", "/var/tmp/nlc-test")
 
 
+@pytest.fixture
+def state_dir(tmp_path):
+    """A fresh --state-dir for check_libvirt_instances (not created: the check makes it 0700)."""
+    return str(tmp_path / "state")
+
+
 @pytest.fixture(scope="session")
 def installed_plugins():
     """The checks installed as an operator does (`make install`), where the unprivileged

@@ -26,7 +26,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import re
 import threading
 import time
 

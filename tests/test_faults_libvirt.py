@@ -32,7 +32,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -44,6 +43,7 @@ from nova_libvirt_checks.thresholds import format_range
 from tests.checkrun import NODE_URI, ROOT, Result, assert_plugin_output, run_check
 from tests.conftest import TEST_ROOT, is_root, service_unavailable
 from tests.fixtures_libvirt import NOVA_NS_1_1, RO_SOCKET, WORKDIR, run_as_nagios
+from tests.helpers import OPTION_SPECIALS, apt_install, parse_option
 from tests.oracle import (ALL_METRICS, CounterRecorder, assert_rates_match, bulk_reader, in_run_starts,
                           label_base, recorded_sample_times)
 
@@ -52,11 +52,6 @@ HOSTILE_URI = "test://" + HOSTILE_NODE
 GUESTS = "^instance-0000000[12]$"                       # the harness's two QEMU guests
 CHECK_INSTANCES = os.path.join(ROOT, "checks", "check_libvirt_instances")
 CHECK_LIBVIRTD = os.path.join(ROOT, "checks", "check_libvirtd")
-
-
-@pytest.fixture
-def state_dir(tmp_path):
-    return str(tmp_path / "state")
 
 
 def instances(state_dir, *args, **kwargs):
@@ -205,18 +200,12 @@ OPTIONS = [
 ]
 OPTION_IDS = [f"{check} {option}" for check, option, _, _ in OPTIONS]
 
-# values that have broken option parsers before, or could
-SPECIALS = ["", " ", "0", "-0", "1", "-1", "+5", ".5", "5.", "1e3", "0x10", "1_000", "\u0661\u0662",
-            "\u00b2", "\u00bd", "inf", "-inf", "Infinity", "nan", "NaN", "1e999", "9" * 400,
-            "10:5", "@", "~", ":", "~:", "5:", "@~:", "@10:20", "1:2:3", "5%", "5B", "5/s",
-            "5MiB/s", "500ms", "[[a]", "(", "(?i)x", "a(?i)b", "\\", "a\nb", "|", "x" * 5000,
-            "running,", ",", "paused,blocked", "all", "bulk", "=5", "\x00"]
 RANGE_SPECIALS = ["", "5", "inf", "nan", "1e999", "9" * 400, "-" + "9" * 400 + ":", "10:5", "@",
                   "~:", "5%", "5B", "5/s", "50MiB/s", "\u0661\u0662", "x"]
 
 
 def _values_for(check, option):
-    values = list(SPECIALS)
+    values = list(OPTION_SPECIALS)
     if option in ("--warning", "--critical", "--total-warning", "--total-critical") and check == "instances":
         values += [f"{metric}={spec}" for metric in ("cpu", "disk_write_bytes", "net_errors")
                    for spec in RANGE_SPECIALS]
@@ -228,25 +217,9 @@ def _values_for(check, option):
 
 
 def parse_one(check, option, attribute, value):
-    """Parse `option=value` as the check does: the accepted value, or the UsageError."""
-    parser = INSTANCES_PARSER if check == "instances" else LIBVIRTD_PARSER
-    re.purge()                  # re caches compiled patterns, and warns only when compiling
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            namespace = parser.parse_args([f"{option}={value}"])
-        except plugin.UsageError as exc:
-            error = exc
-        else:
-            error = None
-    # a warning goes to stderr, which Icinga 2 appends to the plugin output
-    assert not caught, f"{option}={value!r} printed a warning: {caught[0].message}"
-    if error is not None:
-        message = str(error)
-        assert option in message, (option, value, message)
-        assert plugin.plain(message).count("\n") == 0
-        return None
-    return getattr(namespace, attribute)
+    """Parse `option=value` as the check does: the accepted value, or None (a UsageError)."""
+    return parse_option(INSTANCES_PARSER if check == "instances" else LIBVIRTD_PARSER, option,
+                        attribute, value)
 
 
 @pytest.mark.parametrize("check", ["instances", "libvirtd"])
@@ -276,7 +249,7 @@ RANGE_TEXT = st.from_regex(
     r"(k|K|M|G|T|P|Ki|Mi|Gi|Ti|Pi|%|s|ms|us|m|min|h|q)?B?(/s)?\Z", fullmatch=True)
 NAMES = st.sampled_from(sorted(METRICS) + sorted(libvirtd_check.COUNTED) + ["", "CPU", "bogus"])
 OPTION_TEXT = st.one_of(st.text(max_size=40), RANGE_TEXT, st.builds("{}={}".format, NAMES, RANGE_TEXT),
-                        st.sampled_from(SPECIALS))
+                        st.sampled_from(OPTION_SPECIALS))
 
 
 @pytest.mark.parametrize("check, option, attribute, valid", OPTIONS, ids=OPTION_IDS)
@@ -902,12 +875,7 @@ def test_wall_clock_stepping_back_and_forth_changes_nothing(libvirtd, guest_reco
 def apt_tool(package, find):
     """`find()` for a tool of a Debian package, installed (as root, with apt) if missing."""
     if not find() and is_root():
-        install = ["apt-get", "-o", "DPkg::Lock::Timeout=900", "install", "-y", "-qq",
-                   "--no-install-recommends", package]
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        if subprocess.run(install, capture_output=True, env=env).returncode != 0:
-            subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=900", "update", "-qq"], capture_output=True)
-            subprocess.run(install, capture_output=True, env=env)
+        apt_install(package)
     if not find():
         service_unavailable(f"Debian package {package} is not installed and cannot be")
     return find()

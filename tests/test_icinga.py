@@ -36,6 +36,7 @@ import pytest
 
 from tests import fixtures_icinga as fi
 from tests.conftest import ROOT, service_unavailable
+from tests.helpers import apt_install
 
 ICINGA = os.path.join(ROOT, "icinga")
 NRPE_FILE = os.path.join(ICINGA, "nrpe", "nova-libvirt-checks.cfg")
@@ -365,14 +366,7 @@ def ensure_php():
         return
     if os.geteuid() != 0:
         service_unavailable("php-cli is missing and we are not root to install it")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=900"]
-    proc = subprocess.run(apt + ["install", "-y", "-qq", "--no-install-recommends", "php-cli"],
-                          capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        subprocess.run(apt + ["update", "-qq"], capture_output=True, env=env)
-        proc = subprocess.run(apt + ["install", "-y", "-qq", "--no-install-recommends", "php-cli"],
-                              capture_output=True, text=True, env=env)
+    proc = apt_install("php-cli")
     if not shutil.which("php"):
         service_unavailable(f"apt-get install php-cli failed: {proc.stderr[-500:]}")
 

@@ -17,11 +17,6 @@ from tests.oracle import (CounterRecorder, assert_rates_match, bases_by_uuid, me
                           per_domain_reader)
 
 
-@pytest.fixture
-def state_dir(tmp_path):
-    return str(tmp_path / "state")
-
-
 def check(state_dir, *args, **kwargs):
     return run_check("check_libvirt_instances", "-U", NODE_URI, "--state-dir", state_dir, *args, **kwargs)
 

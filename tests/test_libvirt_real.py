@@ -16,11 +16,6 @@ from tests.fixtures_libvirt import RO_SOCKET, run_as_nagios
 GUESTS = "^instance-0000000[12]$"
 
 
-@pytest.fixture
-def state_dir(tmp_path):
-    return str(tmp_path / "state")
-
-
 def instances(state_dir, *args, **kwargs):
     return run_check("check_libvirt_instances", "--state-dir", state_dir, *args, **kwargs)
 
