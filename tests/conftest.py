@@ -45,6 +45,23 @@ def _no_skip_under_make_test(report):
         report.outcome = "failed"
 
 
+# the fixtures that start or install something real (every other fixture needing a service
+# depends on one of them); a test using none of them is marked `offline`
+SERVICE_FIXTURES = {"libvirtd", "cloud", "icinga_tools", "installed_plugins",
+                    "libfaketime", "strace", "wallclock_shim", "small_tmpfs"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "offline: needs no real service, no apt, no root: "
+                            "`pytest -m offline` is the fast loop (set by tests/conftest.py)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if not SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.offline)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
