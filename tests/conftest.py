@@ -7,7 +7,6 @@ service it cannot get fails under `make test` (which exports NLC_REQUIRE_SERVICE
 `pytest` elsewhere skips it, with the reason printed (-ra).
 """
 import os
-import sys
 
 import pytest
 

@@ -34,7 +34,7 @@ def test_missing_owner_and_flavor():
 
 @pytest.mark.parametrize("text", [
     "", "<instance", f'<instance xmlns="{NS11}"><name>x</name>',          # truncated
-    f'<instance xmlns="http://example.com/other"><name>x</name></instance>',  # foreign namespace
+    '<instance xmlns="http://example.com/other"><name>x</name></instance>',  # foreign namespace
     f'<instance xmlns="{NS11}"><flavor name="m1"/></instance>',            # no name
     "<instance><name>" + "x" * 70000 + "</name></instance>",              # huge
     "<instance>" + "<a>" * 5000 + "</a>" * 5000 + "<name>x</name></instance>",  # deeply nested
