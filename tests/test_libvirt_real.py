@@ -45,7 +45,8 @@ def test_read_write_refused_for_nagios_is_unknown_with_a_hint(libvirtd, installe
     assert proc.returncode == 3, proc
     assert proc.stdout.count("\n") == 1
     assert "access to qemu:///system refused" in proc.stdout and "Permission denied" in proc.stdout
-    assert "auth_unix_ro" in proc.stdout and "polkit" in proc.stdout
+    assert "auth_unix_rw" in proc.stdout and "org.libvirt.unix.manage" in proc.stdout
+    assert "no --read-write" not in proc.stdout and "auth_unix_ro" not in proc.stdout
 
 
 def test_libvirtd_stopped_is_critical_at_once(libvirtd_down):

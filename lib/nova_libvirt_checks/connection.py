@@ -3,7 +3,11 @@
 libvirt prints every error to stderr unless told otherwise; NRPE and Icinga would show that
 noise, so the default handler is replaced as soon as the module is loaded.
 """
+from __future__ import annotations
+
 import os
+from types import ModuleType
+from typing import Any
 
 from .plugin import CRITICAL, UNKNOWN, CheckError
 
@@ -15,16 +19,21 @@ DOMAIN_STATES = {0: "nostate", 1: "running", 2: "blocked", 3: "paused", 4: "shut
 STATE_WORDS = {"nostate": "no state", "shutoff": "shut off", "shutdown": "shutting down",
                "pmsuspended": "suspended"}
 
-_PERMISSION_HINT = ("use the read-only socket (no --read-write), or let this user in: "
-                    "auth_unix_ro in libvirtd.conf, a polkit rule for "
-                    "org.libvirt.unix.monitor, or the libvirt group")
+# what lets this user in, for each socket (libvirtd.conf settings, polkit actions)
+_PERMISSION_HINTS = {
+    True: "let this user use the read-only socket: auth_unix_ro (and unix_sock_ro_perms) in "
+          "libvirtd.conf, or a polkit rule for org.libvirt.unix.monitor",
+    False: "--read-write needs the read-write socket: the libvirt group (unix_sock_group, "
+           "auth_unix_rw in libvirtd.conf) or a polkit rule for org.libvirt.unix.manage; "
+           "or leave out --read-write",
+}
 
 
-def default_uri():
+def default_uri() -> str:
     return os.environ.get("LIBVIRT_DEFAULT_URI") or DEFAULT_URI
 
 
-def libvirt_module():
+def libvirt_module() -> ModuleType:
     """Import libvirt-python, silence its stderr printer; UNKNOWN if it is not installed."""
     try:
         import libvirt
@@ -34,7 +43,7 @@ def libvirt_module():
     return libvirt
 
 
-def open_connection(uri, read_only=True, unreachable=CRITICAL):
+def open_connection(uri: str, read_only: bool = True, unreachable: int = CRITICAL) -> Any:
     """An open virConnect, or CheckError with the state and words an operator needs.
 
     `unreachable` is the state when the daemon is not serving: CRITICAL for check_libvirtd,
@@ -44,10 +53,10 @@ def open_connection(uri, read_only=True, unreachable=CRITICAL):
     try:
         return libvirt.openReadOnly(uri) if read_only else libvirt.open(uri)
     except libvirt.libvirtError as exc:
-        raise connect_error(exc, uri, unreachable) from None
+        raise connect_error(exc, uri, unreachable, read_only) from None
 
 
-def connect_error(exc, uri, unreachable=CRITICAL):
+def connect_error(exc, uri: str, unreachable: int = CRITICAL, read_only: bool = True) -> CheckError:
     """Map a libvirtError raised while connecting to CheckError.
 
     Unreachable (no socket, refused, no route) is `unreachable`: the daemon is not serving.
@@ -62,7 +71,8 @@ def connect_error(exc, uri, unreachable=CRITICAL):
             libvirt.VIR_ERR_AUTH_FAILED, libvirt.VIR_ERR_AUTH_CANCELLED,
             libvirt.VIR_ERR_AUTH_UNAVAILABLE, libvirt.VIR_ERR_OPERATION_DENIED,
             libvirt.VIR_ERR_ACCESS_DENIED) or "system bus" in lowered or "polkit" in lowered:
-        return CheckError(f"access to {uri} refused: {message}; {_PERMISSION_HINT}", UNKNOWN)
+        return CheckError(f"access to {uri} refused: {message}; {_PERMISSION_HINTS[read_only]}",
+                          UNKNOWN)
     if "unable to parse uri" in lowered:
         return CheckError(f"cannot use {uri}: {message}", UNKNOWN)
     if code in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_ARG) and \
@@ -77,12 +87,12 @@ def connect_error(exc, uri, unreachable=CRITICAL):
     return CheckError(f"{uri}: {reason} ({message})", unreachable)
 
 
-def call_error(exc, what, state=CRITICAL):
+def call_error(exc: Exception, what: str, state: int = CRITICAL) -> CheckError:
     """A libvirtError from a call on an open connection, as one line."""
     message = " ".join((exc.get_error_message() or str(exc)).split())
     return CheckError(f"{what} failed: {message}", state)
 
 
-def version_string(number):
+def version_string(number: int) -> str:
     """libvirt's packed version (major * 1,000,000 + minor * 1,000 + release) as text."""
     return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
