@@ -66,7 +66,8 @@ import urllib.request
 
 import pytest
 
-from tests.helpers import apt_install, run_as_nagios, split_perfdata  # noqa: F401 - fi.* for tests
+from tests.helpers import (APT_INSTALL, DAEMON_ENV, NAGIOS_USER,  # noqa: F401 - fi.* for tests
+                           SYSTEM_PATH as SBIN_PATH, apt_install, run_as_nagios, split_perfdata)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEMPLATES = os.path.join(HERE, "harness", "icinga")
@@ -78,10 +79,6 @@ CHECK_NRPE = SYSTEM_PLUGIN_DIR + "/check_nrpe"
 ICINGA2_INCLUDE_DIR = "/usr/share/icinga2/include"
 # what a stock /etc/icinga2/icinga2.conf includes; only those present are used
 ICINGA2_LIBS = ("itl", "plugins", "plugins-contrib", "manubulon", "windows-plugins", "nscp")
-NAGIOS_USER = "nagios"
-SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# daemons get a small, production-like environment instead of pytest's
-DAEMON_ENV = {"PATH": SBIN_PATH, "LANG": "C.UTF-8"}
 
 # tool -> (probe path or command name, Debian packages)
 TOOLS = {
