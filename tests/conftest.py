@@ -99,7 +99,7 @@ def installed_plugins():
     stamp, tree = os.path.join(prefix, ".nlc-installed-tree"), _installed_tree_id()
     links = all(os.path.exists(os.path.join(plugins, c)) for c in os.listdir(CHECKS))
     with open(stamp) if os.path.exists(stamp) else open(os.devnull) as handle:
-        if handle.read() == tree and links:
+        if handle.read() == tree and links and _installed_library_is_ours(prefix):
             return plugins               # this very tree is installed already (~10 s saved)
     proc = subprocess.run(["make", "-C", ROOT, "install", f"PREFIX={prefix}", f"PLUGINDIR={plugins}"],
                           capture_output=True, text=True)
@@ -108,6 +108,22 @@ def installed_plugins():
     with open(stamp, "w") as handle:
         handle.write(tree)
     return plugins
+
+
+def _installed_library_is_ours(prefix):
+    """The installed package's files are this tree's lib/ (another checkout sharing
+    NLC_TEST_ROOT may have installed its own since)."""
+    import filecmp
+    import glob
+    ours = os.path.join(ROOT, "lib", "nova_libvirt_checks")
+    installed = glob.glob(os.path.join(prefix, "lib", "python3*", "site-packages", "nova_libvirt_checks"))
+    if len(installed) != 1:
+        return False
+    names = sorted(f for f in os.listdir(ours) if f.endswith(".py"))
+    if names != sorted(f for f in os.listdir(installed[0]) if f.endswith(".py")):
+        return False
+    _, mismatch, errors = filecmp.cmpfiles(ours, installed[0], names, shallow=False)
+    return not mismatch and not errors
 
 
 def _installed_tree_id():
