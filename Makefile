@@ -57,9 +57,10 @@ demo: venv
 	@echo '$$ ./checks/check_libvirt_instances -U test://$(NODE) --perfdata totals --top 4'
 	@./checks/check_libvirt_instances -U test://$(NODE) --perfdata totals --top 4; echo "(exit $$?)"
 
+# every service is installed and started here: a skip is a failure (tests/conftest.py)
 test: apt-services apt-deb venv
 	$(PY) -m ruff check lib tests checks bench
-	$(PY) -m pytest $(PYTEST_ARGS)
+	NLC_REQUIRE_SERVICES=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 sandbox: apt-services venv
 	tests/harness/libvirt/start

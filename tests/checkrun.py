@@ -6,6 +6,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from tests.helpers import split_perfdata
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NODE_XML = os.path.join(ROOT, "tests", "data", "nova-node.xml")
 NODE_URI = "test://" + NODE_XML
@@ -45,8 +47,8 @@ class Result:
         """{label: token} of the first line's perfdata."""
         if " | " not in self.status_line:
             return {}
-        tokens = self.status_line.split(" | ", 1)[1].split(" ")
-        return {t.split("=", 1)[0].strip("'"): t for t in tokens}
+        tokens = split_perfdata(self.status_line.split(" | ", 1)[1])
+        return {t.split("=", 1)[0].strip("'").replace("''", "'"): t for t in tokens}
 
     def values(self):
         return {k: float(re.match(rf"[^=]+=({_NUM})", t).group(1)) for k, t in self.perfdata.items()}

@@ -66,6 +66,9 @@ import urllib.request
 
 import pytest
 
+from tests.helpers import (APT_INSTALL, DAEMON_ENV, NAGIOS_USER,  # noqa: F401 - fi.* for tests
+                           SYSTEM_PATH as SBIN_PATH, apt_install, run_as_nagios, split_perfdata)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEMPLATES = os.path.join(HERE, "harness", "icinga")
 BASE_DIR = os.environ.get("NLC_ICINGA_TEST_BASE", "/var/tmp/nlc-test/icinga")
@@ -76,12 +79,7 @@ CHECK_NRPE = SYSTEM_PLUGIN_DIR + "/check_nrpe"
 ICINGA2_INCLUDE_DIR = "/usr/share/icinga2/include"
 # what a stock /etc/icinga2/icinga2.conf includes; only those present are used
 ICINGA2_LIBS = ("itl", "plugins", "plugins-contrib", "manubulon", "windows-plugins", "nscp")
-NAGIOS_USER = "nagios"
-SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# daemons get a small, production-like environment instead of pytest's
-DAEMON_ENV = {"PATH": SBIN_PATH, "LANG": "C.UTF-8"}
 
-APT_INSTALL = ["apt-get", "-o", "DPkg::Lock::Timeout=900", "install", "-y", "-qq", "--no-install-recommends"]
 # tool -> (probe path or command name, Debian packages)
 TOOLS = {
     "icinga2": ("icinga2", ["icinga2-bin", "icinga2-common"]),
@@ -125,12 +123,7 @@ def ensure_tools(*tools: str) -> None:
         pkgs = sorted({p for t in missing for p in TOOLS[t][1]})
         if os.geteuid() != 0:
             _unavailable(f"missing {missing} (packages {pkgs}) and not root to apt-get install them")
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        r = subprocess.run(APT_INSTALL + pkgs, env=env, capture_output=True, text=True)
-        if r.returncode != 0:  # stale package lists: update once and retry
-            subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=900", "update", "-qq"], env=env,
-                           capture_output=True, text=True)
-            r = subprocess.run(APT_INSTALL + pkgs, env=env, capture_output=True, text=True)
+        r = apt_install(*pkgs)
         still = [t for t in missing if not _tool_present(TOOLS[t][0])]
         if r.returncode != 0 or still:
             _unavailable(f"apt-get install {' '.join(pkgs)} failed (rc {r.returncode}): "
@@ -263,18 +256,6 @@ def _path_values(values) -> list[str]:
     return [v for v in values if isinstance(v, str) and v.startswith("/") and os.path.exists(v)]
 
 
-def run_as_nagios(argv: list[str], timeout: float = 60, env: dict | None = None
-                  ) -> subprocess.CompletedProcess:
-    """Run a plugin directly as the daemon user with the daemon environment (what NRPE does)."""
-    user, _ = _daemon_user()
-    full_env = dict(DAEMON_ENV, **(env or {}))
-    if user != pwd.getpwuid(os.geteuid()).pw_name:
-        ensure_tools("runuser")
-        argv = ["runuser", "-u", user, "--"] + list(argv)
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=full_env,
-                          cwd="/", stdin=subprocess.DEVNULL)
-
-
 # --------------------------------------------------------------------------------------------
 # processes: zombie-aware, by pid (+ start time against pid reuse), never by name
 # --------------------------------------------------------------------------------------------
@@ -386,34 +367,6 @@ def _wait_until(pred, timeout: float, what: str, interval: float = 0.02, on_time
 # --------------------------------------------------------------------------------------------
 # perfdata helpers
 # --------------------------------------------------------------------------------------------
-def split_perfdata(text: str) -> list[str]:
-    """Split a perfdata string into tokens as the Nagios plugin guidelines define it: tokens are
-    separated by whitespace; a single-quoted label may contain spaces ('' is an escaped quote).
-    (Icinga 2's own splitter differs on malformed input: it takes everything up to '=' as label,
-    so `a b=1` is one token there. Use the daemon's performance_data to see Icinga's split.)"""
-    tokens, i, n = [], 0, len(text)
-    while i < n:
-        while i < n and text[i].isspace():
-            i += 1
-        if i >= n:
-            break
-        start = i
-        if text[i] == "'":
-            i += 1
-            while i < n:
-                if text[i] == "'":
-                    if i + 1 < n and text[i + 1] == "'":
-                        i += 2
-                        continue
-                    i += 1
-                    break
-                i += 1
-        while i < n and not text[i].isspace():
-            i += 1
-        tokens.append(text[start:i])
-    return tokens
-
-
 def icinga2_literal(value) -> str:
     """A Python value as an Icinga 2 DSL literal (str, bool, int, float, None, list, dict)."""
     if value is None:

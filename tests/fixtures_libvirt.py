@@ -38,6 +38,7 @@ LibvirtHarness methods (module-level functions of the same names exist too):
     domain_stats(active_only=True) -> {name: stats}   getAllDomainStats() of our guests
     serial_log(name) -> str
 run_as_nagios(argv, env=None, timeout=60, cwd="/") -> CompletedProcess   argv as user nagios
+                                    (tests/helpers.py, imported here for the tests)
 
 Why stop_daemon() stops only libvirtd: that is what happens on a compute node when libvirtd
 dies or is restarted. QEMU processes survive it and the next libvirtd reconnects to them, so the
@@ -57,6 +58,7 @@ import time
 import pytest
 
 from tests.conftest import is_root, service_unavailable
+from tests.helpers import SYSTEM_PATH, run_as_nagios  # noqa: F401 - run_as_nagios: for the tests
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HARNESS_DIR = os.path.join(HERE, "harness", "libvirt")
@@ -70,10 +72,6 @@ NOVA_NS_1_1 = "http://openstack.org/xmlns/libvirt/nova/1.1"
 NOVA_NS_1_0 = "http://openstack.org/xmlns/libvirt/nova/1.0"
 READY_MARKER = "NLC-READY"
 STOP_AT_END = os.environ.get("NLC_LIBVIRT_STOP_AT_END", "").lower() in ("1", "true", "yes")
-NAGIOS_USER = "nagios"
-NAGIOS_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-              "LANG": "C.UTF-8"}
-SYSTEM_PATH = NAGIOS_ENV["PATH"]
 
 
 class HarnessError(RuntimeError):
@@ -195,22 +193,6 @@ def domain_stats(active_only: bool = True, workdir: str = WORKDIR) -> dict[str, 
                 if dom.name() in ours}
     finally:
         conn.close()
-
-
-def run_as_nagios(argv: list[str], env: dict | None = None, timeout: float = 60,
-                  cwd: str = "/") -> subprocess.CompletedProcess:
-    """Run argv as the unprivileged user nagios (NRPE's user) with a minimal environment
-    (PATH, LANG, plus env). Text output captured; stdin is /dev/null. Needs root (runuser)."""
-    full_env = dict(NAGIOS_ENV, **(env or {}))
-    if os.geteuid() != 0:
-        import pwd
-        if pwd.getpwuid(os.geteuid()).pw_name != NAGIOS_USER:
-            raise HarnessError("run_as_nagios needs root (runuser)")
-        cmd = list(argv)
-    else:
-        cmd = ["runuser", "-u", NAGIOS_USER, "--", *argv]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env,
-                          cwd=cwd, stdin=subprocess.DEVNULL)
 
 
 # ------------------------------------------------------------------------------ harness object

@@ -178,14 +178,14 @@ def test_force_down_and_disable_are_undone(mutable_cloud):
         stats = nova(cloud, "2.1").hypervisor_stats.statistics().to_dict()
         assert stats["count"] == cloud.expected["ncompute"] - 1      # disabled: not counted
     assert set(state().values()) == {("up", "enabled", None)}
-    # and without the context managers: mutable_cloud's reset puts it back
+    # and without the context managers: Cloud.reset (mutable_cloud's teardown) puts it back
     cloud.disable("compute2", "left disabled on purpose")
     cloud.force_down("compute2")
-
-
-def test_state_was_reset_after_previous_test(cloud):
-    svcs = cloud.compute_services()
-    assert {(s["status"], s["forced_down"], s["state"]) for s in svcs.values()} == {("enabled", False, "up")}
+    assert state()["compute2"] == ("down", "disabled", "left disabled on purpose")
+    cloud.reset()
+    assert state()["compute2"] == ("up", "enabled", None)
+    svc = cloud.compute_services()["compute2"]
+    assert (svc["status"], svc["forced_down"], svc["state"]) == ("enabled", False, "up")
 
 
 @pytest.mark.parametrize("name", ["nova-api", "placement", "keystone"])
@@ -205,11 +205,9 @@ def test_stop_and_restart_api_service(mutable_cloud, name):
 
 
 def test_second_start_is_a_fast_no_op(cloud):
-    t0 = time.monotonic()
     r = subprocess.run([START], capture_output=True, text=True, timeout=300)
-    elapsed = time.monotonic() - t0
     assert r.returncode == 0, r.stdout + r.stderr
     assert "already running and healthy" in r.stdout
-    # (another pytest session may hold a service stopped for a moment: start waits for it)
-    assert elapsed < 5 or "waiting for test process" in r.stdout, elapsed
+    # no timing asserted here (speed belongs in bench/): "already running and healthy" says
+    # that nothing was started
     assert os.path.exists(os.path.join(cloud.dir, "cloud.json"))

@@ -2,28 +2,15 @@
 user sees all of it over the read-only socket. Disruptive helpers (daemon stop, guest restart)
 run last."""
 import os
-import time
 
 import libvirt
 import pytest
 from lxml import etree
 
 from tests.fixtures_libvirt import NOVA_NS_1_0, NOVA_NS_1_1, run_as_nagios
+from tests.helpers import wait_for_growth, wait_until
 
 COUNTERS = ("block.0.rd.bytes", "block.0.wr.bytes", "net.0.rx.bytes", "net.0.tx.bytes")
-
-
-def _wait_growth(harness, keys=COUNTERS, timeout=20):
-    """Two stats samples of every guest in which each key grew; fails after timeout."""
-    before = harness.domain_stats()
-    deadline = time.monotonic() + timeout
-    while True:
-        time.sleep(1)
-        after = harness.domain_stats()
-        stuck = [(n, k) for n in before for k in keys if after[n][k] <= before[n][k]]
-        if not stuck:
-            return before, after
-        assert time.monotonic() < deadline, f"counters did not grow in {timeout} s: {stuck}"
 
 
 def test_guests_json_matches_libvirt(libvirtd):
@@ -44,7 +31,7 @@ def test_guests_json_matches_libvirt(libvirtd):
 
 
 def test_guests_do_disk_and_network_io(libvirtd):
-    before, after = _wait_growth(libvirtd)
+    before, after = wait_for_growth(libvirtd, COUNTERS)
     for name, st in after.items():
         assert st["block.count"] == 1 and st["block.0.name"] == "vda"
         assert st["net.count"] == 1 and st["net.0.name"] == libvirtd.guest(name)["tap"]
@@ -114,7 +101,6 @@ def test_daemon_stop_keeps_guests_running(libvirtd):
         assert "No such file or directory" in str(err.value)
         for pid in qemu_pids.values():
             os.kill(pid, 0)                      # QEMU survives libvirtd
-        time.sleep(1)
     assert libvirtd.daemon_running()
     after = libvirtd.domain_stats()              # libvirtd reconnected: same guests, same counters
     assert sorted(after) == sorted(before)
@@ -129,10 +115,8 @@ def _qemu_pid(name):
 
 def test_restart_guest_resets_counters(libvirtd):
     name = "instance-00000002"
-    deadline = time.monotonic() + 60
-    while (before := libvirtd.domain_stats()[name])["block.0.wr.bytes"] < 4 << 20:
-        assert time.monotonic() < deadline, f"{name} wrote < 4 MiB in 60 s: {before}"
-        time.sleep(1)
+    before = wait_until(lambda: (s := libvirtd.domain_stats()[name])["block.0.wr.bytes"] >= 4 << 20 and s,
+                        60, f"{name} writing 4 MiB", interval=0.2)
     pid = _qemu_pid(name)
     libvirtd.restart_guest(name)
     assert _qemu_pid(name) != pid

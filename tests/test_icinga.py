@@ -36,6 +36,7 @@ import pytest
 
 from tests import fixtures_icinga as fi
 from tests.conftest import ROOT, service_unavailable
+from tests.helpers import apt_install
 
 ICINGA = os.path.join(ROOT, "icinga")
 NRPE_FILE = os.path.join(ICINGA, "nrpe", "nova-libvirt-checks.cfg")
@@ -138,6 +139,14 @@ def deployed(icinga_tools, installed_plugins):
         fi._rmtree(base)
 
 
+@pytest.fixture(scope="module")
+def nrpe(deployed):
+    """One real NRPE daemon with our command file, shared by this file's tests (Icinga 2 and
+    Nagios reach the compute node through it, and check_nrpe directly)."""
+    with fi.nrpe_daemon(deployed["nrpe_file"], command_timeout=60) as daemon:
+        yield daemon
+
+
 # ================================================================ kept in sync with the code
 
 def test_generated_files_match_the_argument_parsers():
@@ -184,8 +193,9 @@ def test_every_option_of_every_check_is_an_argument_of_its_checkcommand():
                         assert {"-v", "-vv", "-vvv"} <= keys
                     else:
                         assert keys & set(strings), f"{command}: no argument for {strings}"
-                        assert f'value = "${command}_{action.dest}$"' in body or \
-                            f'set_if = "${command}_{action.dest}$"' in body, strings
+                        # a flag (no value) is set_if, an option with a value passes it
+                        key = "set_if" if action.nargs == 0 else "value"
+                        assert f'{key} = "${command}_{action.dest}$"' in body, strings
 
 
 def test_checkcommand_defaults_are_valid_arguments():
@@ -367,14 +377,7 @@ def ensure_php():
         return
     if os.geteuid() != 0:
         service_unavailable("php-cli is missing and we are not root to install it")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=900"]
-    proc = subprocess.run(apt + ["install", "-y", "-qq", "--no-install-recommends", "php-cli"],
-                          capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        subprocess.run(apt + ["update", "-qq"], capture_output=True, env=env)
-        proc = subprocess.run(apt + ["install", "-y", "-qq", "--no-install-recommends", "php-cli"],
-                              capture_output=True, text=True, env=env)
+    proc = apt_install("php-cli")
     if not shutil.which("php"):
         service_unavailable(f"apt-get install php-cli failed: {proc.stderr[-500:]}")
 
@@ -685,12 +688,11 @@ def test_labels_stay_while_another_libvirt_client_polls(icinga_tools, installed_
 
 # ================================================================ NRPE
 
-def test_nrpe_answers_as_a_direct_run(icinga_tools, deployed, libvirtd, monitoring_daemons):
+def test_nrpe_answers_as_a_direct_run(icinga_tools, deployed, nrpe, libvirtd):
     """A real NRPE daemon with our command file: check_nrpe gives each check's status line, long
     output, perfdata (labels, units, thresholds) and exit code as a direct run as nagios does
     (the measured numbers differ from run to run); each answer fits its client (the 1k command
     through v2 packets); the default command through v2 packets shows why that one exists."""
-    nrpe = monitoring_daemons.nrpe(deployed["nrpe_file"], command_timeout=60)
     commands = nrpe_commands(read(deployed["nrpe_file"]))
     for name, line in nrpe_commands().items():
         argv = plugin_argv(line, deployed["plugins"])
@@ -810,7 +812,7 @@ SECRETS = ("password", "appcred_secret", "certainly-not-the-password")
 
 
 @pytest.fixture(scope="module")
-def icinga_run(icinga_tools, deployed, libvirtd, cloud):
+def icinga_run(icinga_tools, deployed, nrpe, libvirtd, cloud):
     """NRPE with our command file, Icinga 2 with our icinga2/*.conf and the hosts above; every
     service forced twice. Yields {"first", "second", "daemon", "secrets", "nrpe"}."""
     base = fi.private_dir("icinga-e2e")
@@ -826,24 +828,23 @@ def icinga_run(icinga_tools, deployed, libvirtd, cloud):
     secrets = {"password": env["OS_PASSWORD"], "appcred_secret": appcred["secret"]}
     lit = fi.icinga2_literal
     try:
-        with fi.nrpe_daemon(deployed["nrpe_file"]) as nrpe:
-            write(os.path.join(hosts_dir, "hosts.conf"), ICINGA_HOSTS.format(
-                nrpe_port=nrpe.port, auth_url=lit(env["OS_AUTH_URL"]), username=lit(env["OS_USERNAME"]),
-                password=lit(secrets["password"]), project=lit(env["OS_PROJECT_NAME"]),
-                user_domain=lit(env["OS_USER_DOMAIN_NAME"]),
-                project_domain=lit(env["OS_PROJECT_DOMAIN_NAME"]),
-                region=lit(env["OS_REGION_NAME"]), appcred_id=lit(appcred["id"]),
-                appcred_secret=lit(secrets["appcred_secret"]), clouds_yaml=lit(cloud.clouds_yaml),
-                secure_yaml=lit(cloud.secure_yaml), state_dir=lit(state_dir)))
-            conf = os.path.join(deployed["dir"], "icinga2")
-            with fi.icinga2_daemon([conf, hosts_dir],
-                                   {"NovaLibvirtChecksPluginDir": deployed["plugins"]}) as i2:
-                pairs = [(h, s) for h, services in ICINGA_EXPECTED.items() for s in services]
-                started = time.monotonic()
-                first = i2.force_checks(pairs, timeout=120)
-                second = i2.force_checks(pairs, timeout=120)
-                yield {"first": first, "second": second, "daemon": i2, "secrets": secrets,
-                       "nrpe": nrpe, "pairs": pairs, "seconds": time.monotonic() - started}
+        write(os.path.join(hosts_dir, "hosts.conf"), ICINGA_HOSTS.format(
+            nrpe_port=nrpe.port, auth_url=lit(env["OS_AUTH_URL"]), username=lit(env["OS_USERNAME"]),
+            password=lit(secrets["password"]), project=lit(env["OS_PROJECT_NAME"]),
+            user_domain=lit(env["OS_USER_DOMAIN_NAME"]),
+            project_domain=lit(env["OS_PROJECT_DOMAIN_NAME"]),
+            region=lit(env["OS_REGION_NAME"]), appcred_id=lit(appcred["id"]),
+            appcred_secret=lit(secrets["appcred_secret"]), clouds_yaml=lit(cloud.clouds_yaml),
+            secure_yaml=lit(cloud.secure_yaml), state_dir=lit(state_dir)))
+        conf = os.path.join(deployed["dir"], "icinga2")
+        with fi.icinga2_daemon([conf, hosts_dir],
+                               {"NovaLibvirtChecksPluginDir": deployed["plugins"]}) as i2:
+            pairs = [(h, s) for h, services in ICINGA_EXPECTED.items() for s in services]
+            started = time.monotonic()
+            first = i2.force_checks(pairs, timeout=120)
+            second = i2.force_checks(pairs, timeout=120)
+            yield {"first": first, "second": second, "daemon": i2, "secrets": secrets,
+                   "nrpe": nrpe, "pairs": pairs, "seconds": time.monotonic() - started}
     finally:
         fi._rmtree(base)
 
@@ -970,14 +971,13 @@ def test_pnp4nagios_graphs_icinga2_perfdata(icinga_run, tmp_path):
 
 # ================================================================ Nagios 4 end to end
 
-def test_nagios_schedules_the_nrpe_checks_and_graphs(icinga_tools, deployed, libvirtd,
+def test_nagios_schedules_the_nrpe_checks_and_graphs(icinga_tools, deployed, nrpe, libvirtd,
                                                      monitoring_daemons, nagios_tmp_path, tmp_path):
     """A real Nagios 4 with our commands.cfg and services.cfg and a host that only says
     `use nova-compute-node`: both NRPE services run (Nagios' NRPE command asks for the 8 KB
     variant), their perfdata goes through the PNP stand-in; the cloud service expands the host's
     _OS_CLOUD into the check's arguments."""
     ensure_php()
-    nrpe = monitoring_daemons.nrpe(deployed["nrpe_file"])
     nagios_dir = os.path.join(deployed["dir"], "nagios")
     hosts = _nagios_hosts(nagios_tmp_path, nrpe.port, cloud="nlc-no-such-cloud")
     # one plugin directory for $USER1$, as on Debian: check_nrpe and our checks

@@ -3,21 +3,22 @@ I/O (tests/harness/libvirt): web-01 of tenant acme (Nova metadata 1.1) and db-01
 (Nova metadata 1.0). Also as the unprivileged nagios user, through the read-only socket."""
 import os
 import socket
-import time
 
 import pytest
 
 from tests.checkrun import assert_plugin_output, run_check
+from tests.helpers import wait_for_growth
+from tests.oracle import (CounterRecorder, assert_rates_match, bulk_reader, label_base,
+                          measure_twice)
 from tests.fixtures_libvirt import RO_SOCKET, run_as_nagios
 
 
-@pytest.fixture
-def state_dir(tmp_path):
-    return str(tmp_path / "state")
+GUESTS = "^instance-0000000[12]$"
 
 
 def instances(state_dir, *args, **kwargs):
-    return run_check("check_libvirt_instances", "--state-dir", state_dir, *args, **kwargs)
+    # runs a moment apart compare with each other (--min-window 0), as the tests here expect
+    return run_check("check_libvirt_instances", "--state-dir", state_dir, "--min-window", "0", *args, **kwargs)
 
 
 def guest_labels(result):
@@ -71,30 +72,37 @@ def test_stale_socket_is_critical(libvirtd_down):
 
 # ---------------------------------------------------------------- check_libvirt_instances
 
-def test_real_guests_named_by_nova_name_and_tenant_with_io(libvirtd, state_dir):
-    instances(state_dir, "--interval", "0")
-    time.sleep(3)
-    result = instances(state_dir, "--domain", "^instance-0000000[12]$")
+@pytest.mark.parametrize("mode", ["bulk", "per-domain"])
+def test_every_number_matches_the_tests_own_measurement(libvirtd, state_dir, mode):
+    """Each guest's CPU, memory, disk and network figures and every total.* against the test's
+    own getAllDomainStats readings over the window the check recorded (tests/oracle.py)."""
+    uuids = [g["uuid"] for g in libvirtd.guests]
+    with libvirtd.open_ro() as conn, CounterRecorder(bulk_reader(conn, uuids)) as recorder:
+        host_cpus = conn.getInfo()[2]
+        result, starts, ends = measure_twice(
+            lambda *a: instances(state_dir, "--stats-mode", mode, "--domain", GUESTS, *a),
+            state_dir, recorder)
     assert_plugin_output(result, 0)
     assert "2 instances within limits (2 running)" in result.text
     assert "web-01 (acme)" in result.stdout and "db-01 (beta)" in result.stdout
-    values = result.values()
-    for guest in libvirtd.guests:
-        base = f"{guest['nova_name']}_{guest['uuid'].replace('-', '')[:8]}"
-        for metric in ("disk_read_bytes", "disk_write_bytes", "net_rx_bytes", "net_tx_bytes",
-                       "net_rx_packets", "disk_write_ops"):
-            assert values[f"{base}.{metric}"] > 0, (base, metric, result.stdout)
-        assert 0 < values[f"{base}.cpu"] <= 100
-        assert 0 < values.get(f"{base}.memory", 50) < 100
+    vcpus = {g["uuid"]: g["flavor"]["vcpus"] for g in libvirtd.guests}
+    bases = {g["uuid"]: label_base(g["nova_name"], g["uuid"]) for g in libvirtd.guests}
+    checked = assert_rates_match(result, recorder, bases, starts, ends, vcpus, host_cpus)
+    print("\n".join(f"{k}: {v}" for k, v in checked.items()))
+    for base in bases.values():        # the guests do I/O: no figure is a trivial 0
+        for metric in ("cpu", "memory", "disk_read_bytes", "disk_write_bytes", "disk_write_ops",
+                       "net_rx_bytes", "net_tx_bytes", "net_rx_packets"):
+            assert checked[f"{base}.{metric}"][1] > 0, (base, metric, result.stdout)
 
 
 def test_threshold_below_the_measured_rate_names_the_instance(libvirtd, state_dir):
     instances(state_dir, "--interval", "0")
-    time.sleep(3)
+    # web-01 wrote and sent since that sample (its disk I/O comes in bursts ~1 s apart)
+    wait_for_growth(libvirtd, ("block.0.wr.bytes", "net.0.tx.bytes"), ["instance-00000001"])
     result = instances(state_dir, "-w", "disk_write_bytes=1K", "-c", "net_tx_bytes=1",
                        "--name", "^web-01$")
     assert_plugin_output(result, 2)
-    assert result.text.startswith("INSTANCES CRITICAL - 1 of 1 instances over limits: web-01 (acme) ")
+    assert result.text.startswith("INSTANCES CRITICAL - 1 of 1 instance over limits: web-01 (acme) ")
     assert "net tx" in result.text and "> 1 B/s" in result.text
     assert "disk write" in result.text and "> 1 kB/s" in result.text
 
@@ -103,7 +111,7 @@ def test_both_stats_paths_give_the_same_metrics(libvirtd, state_dir):
     labels = {}
     for mode in ("bulk", "per-domain"):
         instances(state_dir + mode, "--stats-mode", mode, "--interval", "0")
-        time.sleep(2)
+        wait_for_growth(libvirtd, ("block.0.rd.reqs", "block.0.wr.reqs", "net.0.rx.pkts", "net.0.tx.pkts"))
         result = instances(state_dir + mode, "--stats-mode", mode, "--domain", "^instance-0000000[12]$", "-v")
         assert_plugin_output(result, 0)
         assert f"stats: {mode} path" in result.stdout
