@@ -242,7 +242,10 @@ def wait_for(condition, timeout, what):
 
 
 def check(state_dir, *args):
-    return run_check("check_libvirt_instances", "--state-dir", state_dir, "--domain", NAMES, *args)
+    """The check on this module's guests; --min-window 1: its window is the one between two
+    runs a few seconds apart (Window), not an in-run baseline."""
+    return run_check("check_libvirt_instances", "--state-dir", state_dir, "--min-window", "1",
+                     "--domain", NAMES, *args)
 
 
 def label_of(result, domain):
@@ -436,7 +439,7 @@ def test_pnp4nagios_draws_the_pressure_metrics_with_their_thresholds(libvirtd, i
     from tests.test_icinga import ICINGA, Pnp, assert_graphed, ensure_php
     ensure_php()
     state_dir = str(tmp_path / "state")
-    harness_guests = ("--state-dir", state_dir, "--domain", "^instance-0000000[12]$")
+    harness_guests = ("--state-dir", state_dir, "--min-window", "1", "--domain", "^instance-0000000[12]$")
     assert_plugin_output(run_check("check_libvirt_instances", "--interval", "0", *harness_guests))
     start = raw_stats()[1][ORDINARY]
     wait_for(lambda: all(raw_stats()[1][ORDINARY][k] > start[k]
