@@ -15,6 +15,7 @@ never repeats a marker.
 """
 from __future__ import annotations
 
+import urllib.parse
 from typing import Optional
 
 from .capacity import CLASSES, Amount, Host, shown
@@ -103,39 +104,48 @@ class Nova:
         """All hypervisors (every page), at 2.53 or, on a Nova older than that, 2.1."""
         versions = [NOVA_MICROVERSION, "2.1"] if wanted == "auto" else [wanted]
         for version in versions:
-            try:
-                return self._hypervisors(version), version
-            except CheckError:
-                raise
-            except Exception as exc:
-                # 406: this Nova does not have the microversion; try the next one
-                if self._refused_version(exc) and version != versions[-1]:
-                    continue
-                raise self.conn.error(exc, "compute", "GET /os-hypervisors/detail") from None
+            hosts = self._hypervisors(version, last=version == versions[-1])
+            if hosts is not None:
+                return hosts, version
         raise AssertionError("unreachable")
 
-    def _hypervisors(self, version: str) -> list[Host]:
-        manager = self.client(version).hypervisors
-        path = "GET /os-hypervisors/detail"
+    def _hypervisors(self, version: str, last: bool) -> Optional[list[Host]]:
+        """The list at this microversion; None when this Nova does not have it (406)."""
+        # novaclient's HypervisorManager.list returns the records of one page without
+        # Nova's "next" link; the list is read with the same Client's HTTP client (its
+        # microversion headers, the Session's one re-login on a 401), which hands over
+        # the whole answer
+        http = self.client(version).client
+        path = "/os-hypervisors/detail"
         records: list = []
         markers: set = set()
-        marker = None
         while True:
-            try:
-                if marker is None:
-                    page = manager.list(detailed=True)
-                else:
-                    page = manager.list(detailed=True, marker=marker)
-                page = [item.to_dict() for item in page]
-            except (TypeError, KeyError, AttributeError, ValueError):
-                raise CheckError(f"Nova answered {path} without a usable 'hypervisors' "
-                                 f"list") from None
+            response, body = self.conn.call("compute", f"GET {path}",
+                                            lambda: http.get(path, raise_exc=False))
+            if response.status_code == 406 and not last:
+                return None
+            if response.status_code >= 300:
+                raise self.conn.response_error("compute", f"GET {path}", response)
+            if body is None:
+                kind = response.headers.get("Content-Type", "no content type")
+                raise CheckError(f"Nova answered GET {path.split('?')[0]} with malformed JSON "
+                                 f"(HTTP {response.status_code}, {kind[:60]})")
+            page = body.get("hypervisors") if isinstance(body, dict) else None
+            if not isinstance(page, list):
+                raise CheckError(f"Nova answered GET {path.split('?')[0]} without a "
+                                 f"'hypervisors' list")
+            odd = sum(1 for record in page if not isinstance(record, dict))
+            if odd:
+                raise CheckError(f"Nova answered GET {path.split('?')[0]} with {odd} hypervisor "
+                                 f"record{'s that are' if odd > 1 else ' that is'} not "
+                                 f"{'objects' if odd > 1 else 'an object'}")
             records.extend(page)
-            # paging (2.33 and later): ask after the last id until a page is empty; never
-            # twice after the same id (a Nova, or a proxy, that repeats a page would otherwise
-            # be followed until the deadline)
-            if not page or version == "2.1":
+            links = body.get("hypervisors_links")
+            if not page or not isinstance(links, list) or not any(
+                    isinstance(link, dict) and link.get("rel") == "next" for link in links):
                 break
+            # a next page: after the last id of this one, never twice (a Nova, or a proxy,
+            # that repeats a page would otherwise be followed until the deadline)
             marker = page[-1].get("id")
             if not isinstance(marker, (str, int)) or isinstance(marker, bool):
                 raise CheckError(f"Nova's hypervisor list has a next page, but its last record "
@@ -144,23 +154,26 @@ class Nova:
                 raise CheckError(f"Nova's hypervisor list does not end: the page after marker "
                                  f"{marker} repeats it")
             markers.add(str(marker))
-            marker = str(marker)
+            path = f"/os-hypervisors/detail?marker={urllib.parse.quote(str(marker), safe='')}"
         return sorted((host_of(r) for r in records), key=lambda h: (h.name, h.id))
+
+    def _records(self, what: str, function) -> list[dict]:
+        """The records of a novaclient list call, as Nova's dicts."""
+        return [item.to_dict() for item in self._call(what, function)]
 
     def flavors(self, names: list[str]) -> dict[str, dict]:
         """The flavors asked for, by name or id, with their extra specs."""
         path = "GET /flavors/detail"
         try:
-            listed = self.client(FLAVOR_MICROVERSION).flavors.list(detailed=True, is_public=None)
-        except Exception as exc:
+            flavors = self._records(path, lambda: self.client(FLAVOR_MICROVERSION).flavors.list(
+                detailed=True, is_public=None))
+        except CheckError:
+            raise
+        except Exception as exc:    # a 406 from a Nova older than 2.61: without extra specs
             if not self._refused_version(exc):
                 raise self.conn.error(exc, "compute", path) from None
-            listed = self._call(path, lambda: self.client("2.1").flavors.list(
+            flavors = self._records(path, lambda: self.client("2.1").flavors.list(
                 detailed=True, is_public=None))
-        try:
-            flavors = [f.to_dict() for f in listed]
-        except (TypeError, KeyError, AttributeError, ValueError):
-            raise CheckError(f"Nova answered {path} without a usable 'flavors' list") from None
         found = {}
         for wanted in names:
             match = [f for f in flavors if f.get("name") == wanted] or \
@@ -173,12 +186,8 @@ class Nova:
 
     def aggregate_hosts(self, names: list[str]) -> set[str]:
         """The hosts of the named host aggregates."""
-        path = "GET /os-aggregates"
-        try:
-            aggregates = [a.to_dict() for a in self._call(
-                path, lambda: self.client("2.1").aggregates.list())]
-        except (TypeError, KeyError, AttributeError, ValueError):
-            raise CheckError(f"Nova answered {path} without a usable 'aggregates' list") from None
+        aggregates = self._records("GET /os-aggregates",
+                                   lambda: self.client("2.1").aggregates.list())
         hosts: set = set()
         for name in names:
             match = [a for a in aggregates if a.get("name") == name]
@@ -195,13 +204,8 @@ class Nova:
 
     def zones(self) -> dict[str, str]:
         """{host: availability zone} of every nova-compute service, enabled or not."""
-        path = "GET /os-services"
-        try:
-            services = [s.to_dict() for s in self._call(
-                path, lambda: self.client(SERVICES_MICROVERSION).services.list(
-                    binary="nova-compute"))]
-        except (TypeError, KeyError, AttributeError, ValueError):
-            raise CheckError(f"Nova answered {path} without a usable 'services' list") from None
+        services = self._records("GET /os-services", lambda: self.client(
+            SERVICES_MICROVERSION).services.list(binary="nova-compute"))
         return {s["host"]: s["zone"] for s in services
                 if text(s.get("host")) and text(s.get("zone"))}
 

@@ -394,8 +394,8 @@ class Connection:
             return CheckError(f"{target}: {secrets.quoted(exc)}")
         if isinstance(exc, (ValueError, TypeError, KeyError, AttributeError, RecursionError)):
             # novaclient reading an answer that is not what the API promises
-            return CheckError(f"{name} answered {what} with malformed JSON or an unexpected "
-                              f"document")
+            return CheckError(f"{name} answered {what} with malformed JSON or a document "
+                              f"that is not the expected list")
         return CheckError(f"{target}: {type(exc).__name__}: {secrets.quoted(exc)}")
 
     def response_error(self, service_type: str, what: str, response) -> CheckError:
