@@ -163,7 +163,7 @@ class Nova:
 
     def flavors(self, names: list[str]) -> dict[str, dict]:
         """The flavors asked for, by name or id, with their extra specs."""
-        path = "GET /flavors/detail"
+        path = "GET /flavors/detail?is_public=None"
         try:
             flavors = self._records(path, lambda: self.client(FLAVOR_MICROVERSION).flavors.list(
                 detailed=True, is_public=None))
