@@ -433,6 +433,34 @@ def test_down_and_disabled_hypervisors(mutable_cloud, state_dir):
     assert r.code == 0 and value(r, "hypervisors_usable") == 3, r
 
 
+def test_disabled_host_keeps_its_availability_zone(mutable_cloud, state_dir):
+    """Product bug (fixed): zone members came from /os-availability-zone/detail, which lists
+    enabled services only: a disabled host vanished from its zone (counts, perfdata,
+    --disabled-warning), and a zone whose hosts were all disabled gave "no hypervisor
+    matches". The zone is now each compute service's (microversion 2.53)."""
+    cloud = mutable_cloud
+    big = cloud.expected["aggregates"]["agg-big"]
+    zone = big["availability_zone"]
+    only = big["hosts"]
+    assert len(only) == 1
+    default = cloud.expected["default_availability_zone"]
+    in_default = sorted(n for n, h in hosts(cloud).items() if h["availability_zone"] == default)
+    with cloud.disabled(only[0], reason="nlc zone test"):
+        r = run(cloud, state_dir, "--availability-zone", zone, "--disabled-warning", "0")
+        assert r.code == 1, r
+        assert f"1 of 1 hypervisor disabled: {only[0]}" in r.status, r
+        assert value(r, "hypervisors") == 1 and value(r, "hypervisors_disabled") == 1, r
+        assert value(r, "hypervisors_usable") == 0, r
+        assert "no usable capacity" in r.status, r
+    with cloud.disabled(in_default[0], reason="nlc zone test"):
+        r = run(cloud, state_dir, "--availability-zone", default, "-v")
+        assert r.code == 0, r
+        assert value(r, "hypervisors") == len(in_default), r
+        assert value(r, "hypervisors_disabled") == 1, r
+        assert f"OK: {in_default[0]} [up, disabled, reason: nlc zone test]" in r.stdout, r
+        assert_totals(r, placement_totals(cloud, in_default[1:]))
+
+
 # ---------------------------------------------------------------- the token cache
 
 def test_token_reused_across_runs(cloud, own_user, state_dir):
