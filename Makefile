@@ -31,7 +31,7 @@ apt-services: apt-build
 
 $(PY): setup.py constraints.txt | apt-build
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,clouds]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,nova]'
 	touch $(PY)
 
 venv: $(PY)
@@ -63,7 +63,7 @@ sandbox-stop:
 
 install: apt-build
 	test -x $(PREFIX)/bin/python || $(PYTHON_SYS) -m venv $(PREFIX)
-	$(PREFIX)/bin/pip install -q --disable-pip-version-check -c constraints.txt '.[clouds]'
+	$(PREFIX)/bin/pip install -q --disable-pip-version-check -c constraints.txt '.[nova]'
 	$(PREFIX)/bin/pip install -q --disable-pip-version-check --no-deps --force-reinstall .
 	chmod -R a+rX $(PREFIX)
 	mkdir -p $(PLUGINDIR)

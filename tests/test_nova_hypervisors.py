@@ -724,6 +724,33 @@ def test_module_imports_cheaply():
     assert out.returncode == 0 and out.stdout.strip() == "[]", out
 
 
+def test_without_the_nova_extra_the_check_names_the_pip_command(tmp_path):
+    """A host with the base install only (nagiosplugin, and here not even libvirt-python or
+    lxml, which this check does not use): a real venv without keystoneauth1,
+    python-novaclient and openstacksdk. The console script answers UNKNOWN in one line naming
+    the pip command of the [nova] extra; --help still works."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+           "--disable-pip-version-check", "-c", os.path.join(ROOT, "constraints.txt")]
+    for args in (["nagiosplugin"], ["--no-deps", ROOT]):
+        out = subprocess.run(pip + args, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stdout + out.stderr
+    check = str(venv / "bin" / "check_nova_hypervisors")
+    probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import keystoneauth1"],
+                           capture_output=True)
+    assert probe.returncode != 0                         # really without the libraries
+    env = {"PATH": "/usr/bin:/bin", "OS_AUTH_URL": "http://127.0.0.1:9/v3",
+           "NOVA_LIBVIRT_CHECKS_STATE_DIR": str(tmp_path / "state")}
+    r = subprocess.run([check], capture_output=True, text=True, env=env, timeout=30)
+    assert r.returncode == 3 and r.stderr == "", r
+    assert r.stdout == ("HYPERVISORS UNKNOWN - the OpenStack libraries are not installed "
+                        "(keystoneauth1, python-novaclient, openstacksdk): pip install "
+                        "'nova-libvirt-checks[nova]'\n"), r.stdout
+    r = subprocess.run([check, "--help"], capture_output=True, text=True, env=env, timeout=30)
+    assert r.returncode == 3 and "--os-cloud" in r.stdout, r
+
+
 # ---------------------------------------------------------------- answers the real cloud never gives
 # A stand-in HTTP server for what a healthy Nova / Placement cannot be made to do on demand (a
 # 5xx, malformed JSON, a Nova older than 2.53, pages of hypervisors). keystoneauth's `none` auth
