@@ -388,6 +388,78 @@ def test_flavor_room_counted_host_by_host(cloud, state_dir):
     assert r.code == 3 and "no flavor named 'no-such-flavor'" in r.status, r
 
 
+def scheduler_needs(definition):
+    """What Nova's scheduler asks of Placement for a flavor, by hand from its definition:
+    VCPU, MEMORY_MB, DISK_GB = root + ephemeral + swap (MiB rounded up to GiB), then the
+    resources:CLASS=N extra specs (0: none of that class)."""
+    vcpus, ram, disk, ephemeral, swap, specs = definition
+    needs = {"VCPU": vcpus, "MEMORY_MB": ram, "DISK_GB": disk + ephemeral + -(-swap // 1024)}
+    for key, amount in specs.items():
+        needs[key.split(":", 1)[1]] = int(amount)
+    return {rc: n for rc, n in needs.items() if n}
+
+
+def room_by_hand(cloud, needs, source):
+    """{host: instances that still fit} from cloud.json's inventories (Placement: max_unit is
+    the host's total, as Nova's driver reports it) or Nova's legacy fields."""
+    rooms = {}
+    for name, h in hosts(cloud).items():
+        counts = []
+        for rc, need in needs.items():
+            if source == "placement":
+                inv = h["placement"][rc]
+                counts.append(0 if need > inv["total"]
+                              else max(0, (inv["capacity"] - inv["used"]) // need))
+            else:
+                resource = {v: k for k, v in CLASS.items()}[rc]
+                used, total = (h["legacy"][key] for key in LEGACY[resource])
+                counts.append(max(0, (total - used) // need))
+        rooms[name] = min(counts)
+    return rooms
+
+
+@pytest.mark.parametrize("source", ["placement", "nova"])
+def test_flavor_room_with_extra_specs_swap_and_ephemeral(cloud, extra_flavors, state_dir, source):
+    """Flavor room, per host and in all, for flavors whose needs are not just vcpus/ram/disk
+    (resources:CLASS=N extra specs, swap, ephemeral disk), compared with numbers made by hand
+    from what the cloud was given (cloud.json and the flavors' definitions)."""
+    args = [a for name in extra_flavors for a in ("--flavor", name)]
+    r = run(cloud, state_dir, "-v", "--source", source, "--flavor-critical", "0:", *args)
+    assert r.code == 0, r
+    assert f"[{source}]" in r.status, r
+    for name, definition in extra_flavors.items():
+        needs = scheduler_needs(definition)
+        rooms = room_by_hand(cloud, needs, source)
+        assert value(r, f"fits_{name}") == sum(rooms.values()), (name, rooms, r)
+        shown = ", ".join(f"{rc} {n}" for rc, n in sorted(needs.items()))
+        assert f"flavor {name} ({shown}): room for {sum(rooms.values())} more" in r.stdout, r
+        for host, n in rooms.items():
+            line = next(line for line in r.lines if line.startswith(f"OK: {host} ["))
+            assert f"room for {n} {name}" in line, (host, name, n, line)
+    # the definitions do matter: without extra specs, swap and ephemeral the room differs
+    plain = {name: room_by_hand(cloud, {"VCPU": d[0], "MEMORY_MB": d[1], "DISK_GB": d[2]}, source)
+             for name, d in extra_flavors.items()}
+    assert any(sum(plain[name].values()) != value(r, f"fits_{name}") for name in extra_flavors)
+
+
+def test_per_hypervisor_percentages_exact(cloud, state_dir):
+    """Each hypervisor's used and % used, from cloud.json: Placement used / ((total -
+    reserved) x ratio); Nova's legacy used / total (no ratio, memory used with the reservation)."""
+    for source in ("placement", "nova"):
+        r = run(cloud, state_dir, "--perfdata-per-hypervisor", "--source", source)
+        assert r.code == 0, r
+        for name, h in hosts(cloud).items():
+            for resource in UNIT:
+                if source == "placement":
+                    inv = h["placement"][CLASS[resource]]
+                    used, capacity = inv["used"], inv["capacity"]
+                else:
+                    used, capacity = (h["legacy"][key] for key in LEGACY[resource])
+                assert value(r, f"{name}.{resource}_used") == used * UNIT[resource], (name, r)
+                assert value(r, f"{name}.{resource}_used_pct") == round(100 * used / capacity, 2), \
+                    (source, name, resource, r)
+
+
 def test_selection_by_aggregate_zone_and_name(cloud, state_dir):
     agg = cloud.expected["aggregates"]["agg-big"]
     r = run(cloud, state_dir, "--aggregate", "agg-big")
