@@ -36,11 +36,11 @@ NAME = "HYPERVISORS"
 
 # ---------------------------------------------------------------- arguments
 
-def _fail(message):
+def _fail(message: str):
     raise argparse.ArgumentTypeError(message)
 
 
-def _has_unitless_number(spec):
+def _has_unitless_number(spec: str) -> bool:
     """Whether a size range has a non-zero number without a unit (64 instead of 64Gi)."""
     for atom in re.split(r"[:@~]", spec):
         if atom and re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)", atom) and float(atom) != 0:
@@ -48,12 +48,12 @@ def _has_unitless_number(spec):
     return False
 
 
-def _lower_bound_only(rng):
+def _lower_bound_only(rng) -> bool:
     """A threshold on an amount left (free, fits) that only alerts below a value."""
     return rng.invert or rng.end == float("inf")
 
 
-def limit_type(text):
+def limit_type(text: str) -> tuple:
     """RESOURCE=N% (% used) or RESOURCE_free=RANGE (amount left free), see the help."""
     name, sep, spec = text.partition("=")
     name, spec = name.strip(), spec.strip()
@@ -86,7 +86,7 @@ def limit_type(text):
     return name, rng
 
 
-def fits_type(text):
+def fits_type(text: str):
     try:
         rng = parse_range(text, {"": 1})
     except ValueError:
@@ -97,14 +97,14 @@ def fits_type(text):
     return rng
 
 
-def _name(text):
+def _name(text: str) -> str:
     """A flavor, aggregate or zone name: Nova has no blank ones."""
     if not text.strip():
         _fail(f"a name, not {text!r}")
     return text
 
 
-def build_parser(argv=None):
+def build_parser(argv: Optional[list] = None) -> plugin.ArgumentParser:
     parser = plugin.ArgumentParser(
         "check_nova_hypervisors",
         "Are the Nova hypervisors up and enabled, and how much room is left (vCPUs, memory, "
@@ -221,7 +221,7 @@ class Reading:
         return [h for h in self.hosts if h.disabled]
 
 
-def _selection(args) -> str:
+def _selection(args: argparse.Namespace) -> str:
     parts = [f"aggregate {a}" for a in args.aggregate]
     parts += [f"availability zone {z}" for z in args.availability_zone]
     parts += [f"name ~ /{rx.pattern}/" for rx in args.hypervisor]
@@ -229,7 +229,7 @@ def _selection(args) -> str:
     return ", ".join(parts) or "all"
 
 
-def select(args, hosts: list[Host], aggregate_hosts: Optional[set],
+def select(args: argparse.Namespace, hosts: list[Host], aggregate_hosts: Optional[set],
            zone_hosts: Optional[set]) -> list[Host]:
     chosen = []
     for h in hosts:
@@ -246,7 +246,7 @@ def select(args, hosts: list[Host], aggregate_hosts: Optional[set],
     return chosen
 
 
-def read(args, conn, started: float) -> Reading:
+def read(args: argparse.Namespace, conn, started: float) -> Reading:
     """Log in, list, select, read usage: a Reading."""
     from .nova import Nova, read_legacy
     from .placement import Placement, run_all
@@ -284,7 +284,7 @@ def read(args, conn, started: float) -> Reading:
 class Limits:
     """The limits of the command line, the last value given per quantity winning."""
 
-    def __init__(self, args):
+    def __init__(self, args: argparse.Namespace):
         self.cloud_warning, self.cloud_critical = dict(args.warning), dict(args.critical)
         self.host_warning = dict(args.hypervisor_warning)
         self.host_critical = dict(args.hypervisor_critical)
@@ -572,7 +572,7 @@ def perfdata(verdict: Verdict, per_hypervisor: bool) -> list[str]:
     return tokens
 
 
-def report(verdict: Verdict, args) -> plugin.Report:
+def report(verdict: Verdict, args: argparse.Namespace) -> plugin.Report:
     made = plugin.Report(verdict.state, summary(verdict), long_output(verdict, args.verbose),
                          perfdata(verdict, args.perfdata_per_hypervisor))
     # for plugin.fit, made only if the output is too large: the cloud's perfdata alone
@@ -585,7 +585,7 @@ def report(verdict: Verdict, args) -> plugin.Report:
 
 # ---------------------------------------------------------------- the check
 
-def measure(args) -> plugin.Report:
+def measure(args: argparse.Namespace) -> plugin.Report:
     from .openstack import Connection
     for option in ("flavor_warning", "flavor_critical"):
         if getattr(args, option) is not None and not args.flavor:
@@ -617,7 +617,7 @@ def _within(lines: list[str], budget: int) -> list[str]:
     return lines
 
 
-def timeout_message(args) -> str:
+def timeout_message(args: argparse.Namespace) -> str:
     from .openstack import where
     return (f"no answer from OpenStack within {args.timeout:g} s ({where(args)}, Nova, "
             f"Placement)")

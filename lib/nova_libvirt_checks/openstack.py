@@ -30,8 +30,7 @@ import re
 import time
 from typing import Any, Callable, Optional
 
-from .errors import (SERVICE_NAMES, Secrets, http_error, one_line, reason, response_detail,
-                     short)
+from .errors import SERVICE_NAMES, Secrets, http_error, one_line, reason, response_detail
 from .plugin import CheckError
 from .state import StateError, StateFile, file_for
 
@@ -471,5 +470,3 @@ def _is_keystone(exc: BaseException, auth_url: str) -> bool:
     whole = re.escape(root) + r"(?![\w.:-])"
     return bool(re.match(whole, str(url)) or re.search(whole, text))
 
-
-__all__ = ["Connection", "add_arguments", "where", "cache_index", "short", "MISSING_EXTRA"]
