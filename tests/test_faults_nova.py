@@ -962,7 +962,7 @@ ANSWER_CASES = [
     ("flavor-extra-specs-list", with_flavor(extra_specs=["resources:VCPU"]), ["--flavor", "m1"], 3,
      ['Nova\'s flavor \'m1\' has an unusable extra_specs: ["resources:VCPU"]']),
     ("flavor-list-junk", with_answer("flavors", 200, b'{"flavors": [1, null, "m1"]}'),
-     ["--flavor", "m1"], 3, ["Nova answered GET /flavors/detail with malformed JSON or a document "
+     ["--flavor", "m1"], 3, ["Nova answered GET /flavors/detail?is_public=None with malformed JSON or a document "
                              "that is not the expected list"]),
     ("flavor-list-empty", with_answer("flavors", 200, b'{"flavors": []}'),
      ["--flavor", "m1"], 3, ["no flavor named 'm1' in Nova (known: none)"]),
