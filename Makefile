@@ -32,6 +32,7 @@ apt-services: apt-build
 $(PY): setup.py constraints.txt | apt-build
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,nova]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt ruff
 	touch $(PY)
 
 venv: $(PY)
@@ -47,6 +48,7 @@ demo: venv
 	@./checks/check_libvirt_instances -U test://$(NODE) --perfdata totals --top 4; echo "(exit $$?)"
 
 test: apt-services venv
+	$(PY) -m ruff check lib tests checks bench
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 sandbox: apt-services venv

@@ -2,15 +2,14 @@
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
-from nova_libvirt_checks import perfdata, plugin, thresholds
+from nova_libvirt_checks import perfdata, plugin, sizes, thresholds
 from nova_libvirt_checks.state import StateFile, file_for, private_dir
 from tests.checkrun import PERFDATA_TOKEN, ROOT
 
@@ -73,6 +72,19 @@ def test_state_of():
     assert thresholds.state_of(25) == 0
 
 
+@pytest.mark.parametrize("value, unit, text", [
+    (0, "B/s", "0 B/s"), (999, "B/s", "999 B/s"), (1500, "B/s", "1.5 kB/s"),
+    (1.5e6, "B/s", "1.5 MB/s"), (123.4e9, "B", "123 GB"), (2e12, "B", "2 TB"),
+    (1500, "", "1.5k"), (12e6, "", "12M"), (0.25, "", "0.25"),
+])
+def test_decimal_sizes_for_people(value, unit, text):
+    assert sizes.decimal(value, unit) == text
+
+
+def test_seconds_for_people():
+    assert [sizes.seconds(v) for v in (2, 0.5123, 1.5)] == ["2 s", "0.512 s", "1.5 s"]
+
+
 # ---------------------------------------------------------------- perfdata labels
 
 LABEL = re.compile(r"[A-Za-z0-9_.-]+")
@@ -99,6 +111,40 @@ def test_names_that_fold_alike_get_different_labels():
     names = ["web 01", "web_01", "web/01", "web=01", "web'01", "wéb 01", "web\n01"]
     assert len({perfdata.label(n) for n in names}) == len(names)
     assert perfdata.label("web_01") == "web_01"
+
+
+def test_labels_with_ids_name_and_uuid_digits_widened_only_on_collision():
+    web1, web2 = "e2ed1d65-6d99-5003-96ee-bfc1f3561ee7", "e2ed1d65-aaaa-5003-96ee-bfc1f3561ee7"
+    other = "37c85347-db33-5802-ab13-36230b8ec021"
+    labels = perfdata.labels_with_ids([(web2, "web-01"), (other, "web 01"), (web1, "web-01")])
+    assert labels == {web1: "web-01_e2ed1d65", web2: "web-01_e2ed1d65aaaa",
+                      other: perfdata.label("web 01") + "_37c85347"}
+    # the same label for an instance whatever else is there
+    assert perfdata.labels_with_ids([(web1, "web-01")])[web1] == labels[web1]
+
+
+@given(st.lists(st.tuples(st.uuids().map(str), st.text(max_size=10)), unique_by=lambda p: p[0],
+                max_size=20))
+def test_labels_with_ids_are_valid_distinct_and_order_independent(pairs):
+    labels = perfdata.labels_with_ids(pairs)
+    assert len(set(labels.values())) == len(pairs)
+    assert all(LABEL.fullmatch(made) for made in labels.values())
+    assert perfdata.labels_with_ids(list(reversed(pairs))) == labels
+
+
+def test_labels_by_name_add_the_id_only_where_names_repeat():
+    labels = perfdata.labels_by_name([("a", "cmp1", 1), ("b", "cmp2", 2), ("c", "cmp2", 3),
+                                      ("d", "cmp2", 3)])
+    assert labels["a"] == "cmp1"
+    assert labels["b"] == perfdata.label("cmp2 2") and labels["c"] == perfdata.label("cmp2 3")
+    assert labels["d"] == perfdata.label("cmp2 3 #2")
+
+
+@given(st.lists(st.tuples(st.text(max_size=6), st.integers(0, 3)), max_size=20))
+def test_labels_by_name_are_valid_and_distinct(items):
+    labels = perfdata.labels_by_name((n, name, ident) for n, (name, ident) in enumerate(items))
+    assert len(set(labels.values())) == len(items)
+    assert all(LABEL.fullmatch(made) for made in labels.values())
 
 
 def test_perfdata_token_format():
@@ -157,6 +203,103 @@ def test_deadline_fires_while_blocked_in_a_c_call():
     assert proc.returncode == 2, proc
     assert proc.stdout == "X CRITICAL - no answer within 1 s\n"
     assert elapsed < 1 + 1.0
+
+
+# ---------------------------------------------------------------- the nagiosplugin adapter
+
+MODEL = """
+import sys
+import nagiosplugin
+from nova_libvirt_checks import plugin, thresholds
+
+class Pool(nagiosplugin.Resource):
+    def probe(self):
+        mode = sys.argv[-1]
+        if mode == "empty":
+            return []
+        if mode == "ours":
+            raise plugin.CheckError("pool unreachable", plugin.CRITICAL)
+        if mode == "theirs":
+            raise nagiosplugin.CheckError("pool half read")
+        if mode == "hang":
+            import socket
+            a, b = socket.socketpair()
+            a.recv(1)
+        # yielded in this order on purpose: not alphabetical
+        return [nagiosplugin.Metric("zeta", 1e-7, "s", min=0),
+                nagiosplugin.Metric("alpha.web-01", 12345678901234.5, "B", min=0, max=2**60),
+                nagiosplugin.Metric("mid", 7, context="mid")]
+
+class PoolSummary(nagiosplugin.Summary):
+    def __init__(self, verbose):
+        self.level = verbose
+    def ok(self, results):
+        return "pool fine | forged=1\\nSECOND LINE"
+    def problem(self, results):
+        return "; ".join(str(r) for r in results if r.state != nagiosplugin.Ok)
+    def verbose(self, results):
+        details = ["detail one", "detail two"] if self.level else []
+        return details + [f"offender: {r.metric.name}" for r in results
+                          if r.state != nagiosplugin.Ok and r.metric]
+
+def make_check(args):
+    return nagiosplugin.Check(
+        Pool(), plugin.ThresholdContext("zeta"), plugin.ThresholdContext("alpha.web-01"),
+        plugin.ThresholdContext("mid", thresholds.parse_range("5"), thresholds.parse_range("@~:-1"),
+                                what="mid count"),
+        PoolSummary(args.verbose))
+
+parser = plugin.ArgumentParser("check_x", "test")
+parser.add_argument("mode")
+plugin.run("X", parser, make_check, timeout_state=plugin.CRITICAL,
+           timeout_message=lambda args: f"no answer within {args.timeout:g} s")
+"""
+
+
+def test_adapter_output_keeps_order_labels_and_plain_numbers():
+    """nagiosplugin sorts perfdata, quotes labels with . or -, prints 1e-07, and moves perfdata
+    to the last line at -v; the adapter keeps probe order, bare labels, plain numbers, first line.
+    The Summary chooses the long output of each -v level, -v 0 included."""
+    proc = _run(MODEL, "-v", "fine")
+    assert proc.returncode == 1 and proc.stderr == "", proc
+    first, *rest = proc.stdout.splitlines()
+    assert first == ("X WARNING - mid count 7 > 5 | zeta=0s;;;0 "
+                     "alpha.web-01=12345678901234.5B;;;0;1152921504606846976 mid=7;5;@~:-1")
+    assert rest == ["detail one", "detail two", "offender: mid"]
+    assert _run(MODEL, "fine").stdout.splitlines()[1:] == ["offender: mid"]
+    for tok in first.split(" | ")[1].split():
+        assert PERFDATA_TOKEN.fullmatch(tok), tok
+
+
+def test_adapter_status_text_is_made_plain():
+    code = MODEL.replace('nagiosplugin.Metric("mid", 7', 'nagiosplugin.Metric("mid", 3')
+    proc = _run(code, "fine")
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("X OK - pool fine \u00a6 forged=1?SECOND LINE | zeta=0s")
+    assert proc.stdout.count("\n") == 1
+
+
+@pytest.mark.parametrize("mode, code, line", [
+    ("ours", 2, "X CRITICAL - pool unreachable"),
+    ("theirs", 3, "X UNKNOWN - pool half read"),
+    ("empty", 3, "X UNKNOWN - no check results"),
+])
+def test_adapter_errors_in_probe_are_one_line(mode, code, line):
+    """Our CheckError ends the check with its state; nagiosplugin's is an UNKNOWN result; a
+    resource without metrics is UNKNOWN, and nagiosplugin's log warning about it stays off stderr."""
+    proc = _run(MODEL, mode)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (code, line + "\n", "")
+
+
+def test_adapter_deadline_fires_while_blocked_in_a_c_call():
+    proc = _run(MODEL, "-t", "1", "hang")
+    assert (proc.returncode, proc.stdout) == (2, "X CRITICAL - no answer within 1 s\n")
+
+
+def test_adapter_bad_argument_is_unknown_not_2():
+    proc = _run(MODEL, "-t", "x", "fine")
+    assert proc.returncode == 3 and proc.stdout.startswith("X UNKNOWN - invalid argument: ")
+    assert proc.stderr == ""
 
 
 BROKEN = """

@@ -3,8 +3,9 @@
 No daemon is needed here: the test driver runs inside the client library, and the fault
 cases use Unix sockets this test makes itself (missing, refused, accepts but never answers).
 """
-import os
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -114,6 +115,38 @@ def test_hung_daemon_is_critical_within_the_timeout(mute_socket):
     assert result.text == (f"LIBVIRTD CRITICAL - qemu+unix:///system?socket={mute_socket}: "
                            "libvirtd did not answer within 2 s (hung daemon?)")
     assert result.elapsed < 2 + 1
+
+
+NAGIOSPLUGIN_TIMEOUT = """
+import sys
+import libvirt
+import nagiosplugin
+libvirt.registerErrorHandler(lambda *_: None, None)
+
+class Daemon(nagiosplugin.Resource):
+    def probe(self):
+        libvirt.openReadOnly(sys.argv[1])
+        return [nagiosplugin.Metric("answered", 1, context="null")]
+
+nagiosplugin.Check(Daemon()).main(timeout=1)
+"""
+
+
+def test_nagiosplugin_timeout_cannot_interrupt_a_blocked_libvirt_call(mute_socket):
+    """Why plugin.py keeps its watchdog thread: nagiosplugin's own timeout (SIGALRM, 1 s here)
+    never fires while libvirt waits in C for a daemon that accepts and never answers (libvirt
+    retries its poll() on EINTR, so the Python handler never runs). Still blocked after 5 s;
+    check_libvirtd answers the same socket within -t (test_hung_daemon_is_critical_within_the_timeout)."""
+    proc = subprocess.Popen([sys.executable, "-c", NAGIOSPLUGIN_TIMEOUT,
+                             f"qemu+unix:///system?socket={mute_socket}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+    else:
+        pytest.fail(f"nagiosplugin's timeout did interrupt libvirt: exit {proc.returncode}, {out!r} {err!r}")
 
 
 def test_unknown_uri_is_unknown():

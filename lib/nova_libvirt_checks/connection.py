@@ -3,7 +3,11 @@
 libvirt prints every error to stderr unless told otherwise; NRPE and Icinga would show that
 noise, so the default handler is replaced as soon as the module is loaded.
 """
+from __future__ import annotations
+
 import os
+from types import ModuleType
+from typing import Any
 
 from .plugin import CRITICAL, UNKNOWN, CheckError
 
@@ -20,11 +24,11 @@ _PERMISSION_HINT = ("use the read-only socket (no --read-write), or let this use
                     "org.libvirt.unix.monitor, or the libvirt group")
 
 
-def default_uri():
+def default_uri() -> str:
     return os.environ.get("LIBVIRT_DEFAULT_URI") or DEFAULT_URI
 
 
-def libvirt_module():
+def libvirt_module() -> ModuleType:
     """Import libvirt-python, silence its stderr printer; UNKNOWN if it is not installed."""
     try:
         import libvirt
@@ -34,7 +38,7 @@ def libvirt_module():
     return libvirt
 
 
-def open_connection(uri, read_only=True, unreachable=CRITICAL):
+def open_connection(uri: str, read_only: bool = True, unreachable: int = CRITICAL) -> Any:
     """An open virConnect, or CheckError with the state and words an operator needs.
 
     `unreachable` is the state when the daemon is not serving: CRITICAL for check_libvirtd,
@@ -77,12 +81,12 @@ def connect_error(exc, uri, unreachable=CRITICAL):
     return CheckError(f"{uri}: {reason} ({message})", unreachable)
 
 
-def call_error(exc, what, state=CRITICAL):
+def call_error(exc: Exception, what: str, state: int = CRITICAL) -> CheckError:
     """A libvirtError from a call on an open connection, as one line."""
     message = " ".join((exc.get_error_message() or str(exc)).split())
     return CheckError(f"{what} failed: {message}", state)
 
 
-def version_string(number):
+def version_string(number: int) -> str:
     """libvirt's packed version (major * 1,000,000 + minor * 1,000 + release) as text."""
     return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"

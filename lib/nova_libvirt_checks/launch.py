@@ -4,12 +4,15 @@ In a checkout the executables run with whatever `python3` is first on PATH; when
 lacks our dependencies and the checkout has its .venv (made by `make venv`), we re-run
 the same executable with the venv's interpreter.
 """
+from __future__ import annotations
+
 import importlib
 import os
 import sys
+from typing import NoReturn
 
 
-def run(check, script):
+def run(check: str, script: str) -> NoReturn:
     try:
         module = importlib.import_module(f"nova_libvirt_checks.{check}")
     except ImportError as exc:

@@ -1,17 +1,30 @@
-"""check_libvirtd: is libvirtd answering, how fast, and in what state are its domains?"""
-import time
+"""check_libvirtd: is libvirtd answering, how fast, and in what state are its domains?
 
-from . import plugin
+One run: connect (read-only by default), ask the libvirt and hypervisor versions, the host
+name and every domain's state, and time it all (`Libvirtd.probe`, which yields the response
+time and the domain counts as Metrics). Each Metric is judged by its ThresholdContext (-w/-c
+for the time, --domains-warning/--domains-critical per state); `LibvirtdSummary` words the
+status line: the breaches, worst first, then what the daemon said. A daemon that cannot be
+reached is CRITICAL, one that refuses us is UNKNOWN with a hint (connection.py).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Iterator, NoReturn, Optional, Sequence
+
+import nagiosplugin
+
+from . import plugin, sizes
 from .connection import (DOMAIN_STATES, STATE_WORDS, call_error, default_uri, libvirt_module,
                          open_connection, version_string)
-from .perfdata import token
-from .thresholds import NUMBERS, TIME_UNITS, breach, describe_breach, named_range_type, range_type
+from .thresholds import NUMBERS, TIME_UNITS, named_range_type, range_type
 
 NAME = "LIBVIRTD"
 COUNTED = list(DOMAIN_STATES.values()) + ["total"]
 
 
-def build_parser():
+def build_parser() -> plugin.ArgumentParser:
     parser = plugin.ArgumentParser(
         "check_libvirtd",
         "Check that libvirtd answers: connect (read-only by default), ask the libvirt and "
@@ -39,63 +52,87 @@ def build_parser():
     return parser
 
 
-def measure(args):
-    uri = args.connect or default_uri()
-    libvirt = libvirt_module()
-    started = time.perf_counter()
-    conn = open_connection(uri, read_only=not args.read_write)
-    try:
-        lib_version = version_string(conn.getLibVersion())
-        hv_type = conn.getType()
-        hv_version = version_string(conn.getVersion())
-        host = conn.getHostname()
-        stats = conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE)
-    except libvirt.libvirtError as exc:
-        raise call_error(exc, f"asking {uri}") from None
-    elapsed = time.perf_counter() - started
-
-    counts = dict.fromkeys(COUNTED, 0)
-    for _dom, record in stats:
-        counts[DOMAIN_STATES.get(record.get("state.state"), "nostate")] += 1
-    counts["total"] = len(stats)
-
-    warn = dict(args.domains_warning)
-    crit = dict(args.domains_critical)
-    problems = []
-    state, limit = breach(elapsed, args.warning, args.critical)
-    if state:
-        problems.append((state, "response time " + describe_breach(
-            elapsed, limit, lambda s: f"{s:g} s" if s == int(s) or s >= 1 else f"{s:.3f} s")))
-    for state_name in COUNTED:
-        state, limit = breach(counts[state_name], warn.get(state_name), crit.get(state_name))
-        if state:
-            words = "domains" if state_name == "total" else f"{STATE_WORDS.get(state_name, state_name)} domains"
-            problems.append((state, f"{words} {describe_breach(counts[state_name], limit)}"))
-    overall = max([state for state, _ in problems], default=plugin.OK)
-
-    by_state = ", ".join(f"{counts[s]} {STATE_WORDS.get(s, s)}"
-                         for s in DOMAIN_STATES.values() if counts[s])
-    summary = (f"{uri} answered in {elapsed:.3f} s: libvirt {lib_version}, {hv_type} {hv_version}"
-               f" on {host}, {counts['total']} domains" + (f" ({by_state})" if by_state else ""))
-    if problems:
-        worst = sorted(problems, key=lambda p: -p[0])
-        summary = "; ".join(text for _, text in worst) + " - " + summary
-
-    perfdata = [token("time", round(elapsed, 6), "s", args.warning, args.critical, 0)]
-    perfdata += [token(f"domains_{s}" if s != "total" else "domains", counts[s], "",
-                       warn.get(s), crit.get(s), 0) for s in COUNTED]
-    long_output = []
-    if args.verbose:
-        long_output.append(f"connection: {'read-write' if args.read_write else 'read-only'}, "
-                           f"hypervisor {hv_type} {hv_version}, libvirt {lib_version}, host {host}")
-    return plugin.Report(overall, summary, long_output, perfdata)
+def count_label(state: str) -> str:
+    """The perfdata label (and Metric name) of the count of domains in `state`."""
+    return "domains" if state == "total" else f"domains_{state}"
 
 
-def timeout_message(args):
+class Libvirtd(nagiosplugin.Resource):
+    """libvirtd as one client sees it; after probe() it also knows what the daemon said."""
+
+    def __init__(self, uri: str, read_write: bool = False) -> None:
+        self.uri = uri
+        self.read_write = read_write
+        self.lib_version = self.hv_type = self.hv_version = self.host = ""
+        self.elapsed = 0.0
+        self.counts = dict.fromkeys(COUNTED, 0)
+
+    def probe(self) -> Iterator[nagiosplugin.Metric]:
+        libvirt = libvirt_module()
+        started = time.perf_counter()
+        conn = open_connection(self.uri, read_only=not self.read_write)
+        try:
+            self.lib_version = version_string(conn.getLibVersion())
+            self.hv_type = conn.getType()
+            self.hv_version = version_string(conn.getVersion())
+            self.host = conn.getHostname()
+            stats = conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE)
+        except libvirt.libvirtError as exc:
+            raise call_error(exc, f"asking {self.uri}") from None
+        self.elapsed = time.perf_counter() - started
+        for _dom, record in stats:
+            self.counts[DOMAIN_STATES.get(record.get("state.state"), "nostate")] += 1
+        self.counts["total"] = len(stats)
+
+        yield nagiosplugin.Metric("time", round(self.elapsed, 6), "s", min=0)
+        for state in COUNTED:
+            yield nagiosplugin.Metric(count_label(state), self.counts[state], min=0)
+
+
+class LibvirtdSummary(nagiosplugin.Summary):
+    """The status line: breaches worst first, then what the daemon said; at -v the connection."""
+
+    def __init__(self, daemon: Libvirtd, verbose: int = 0) -> None:
+        self.daemon = daemon
+        self.verbose_level = verbose
+
+    def ok(self, results: nagiosplugin.Results) -> str:
+        d = self.daemon
+        by_state = ", ".join(f"{d.counts[s]} {STATE_WORDS.get(s, s)}"
+                             for s in DOMAIN_STATES.values() if d.counts[s])
+        return (f"{d.uri} answered in {d.elapsed:.3f} s: libvirt {d.lib_version}, {d.hv_type} "
+                f"{d.hv_version} on {d.host}, {d.counts['total']} domains"
+                + (f" ({by_state})" if by_state else ""))
+
+    def problem(self, results: nagiosplugin.Results) -> str:
+        breaches = [str(result) for result in results if result.state != nagiosplugin.Ok]
+        return "; ".join(breaches) + " - " + self.ok(results)
+
+    def verbose(self, results: nagiosplugin.Results) -> list[str]:
+        if not self.verbose_level:
+            return []
+        d = self.daemon
+        return [f"connection: {'read-write' if d.read_write else 'read-only'}, "
+                f"hypervisor {d.hv_type} {d.hv_version}, libvirt {d.lib_version}, host {d.host}"]
+
+
+def make_check(args: argparse.Namespace) -> nagiosplugin.Check:
+    daemon = Libvirtd(args.connect or default_uri(), args.read_write)
+    warning, critical = dict(args.domains_warning), dict(args.domains_critical)
+    contexts = [plugin.ThresholdContext("time", args.warning, args.critical,
+                                        what="response time", show=sizes.seconds)]
+    contexts += [plugin.ThresholdContext(
+        count_label(state), warning.get(state), critical.get(state),
+        what="domains" if state == "total" else f"{STATE_WORDS.get(state, state)} domains")
+        for state in COUNTED]
+    return nagiosplugin.Check(daemon, *contexts, LibvirtdSummary(daemon, args.verbose))
+
+
+def timeout_message(args: argparse.Namespace) -> str:
     uri = args.connect or default_uri()
     return f"{uri}: libvirtd did not answer within {args.timeout:g} s (hung daemon?)"
 
 
-def main(argv=None):
-    plugin.main(NAME, build_parser(), measure, argv, timeout_state=plugin.CRITICAL,
-                timeout_message=timeout_message)
+def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
+    plugin.run(NAME, build_parser(), make_check, argv, timeout_state=plugin.CRITICAL,
+               timeout_message=timeout_message)

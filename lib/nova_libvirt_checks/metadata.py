@@ -8,8 +8,10 @@ The XML comes from the domain, and a guest's owner controls its name, so parsing
 defensive: no DTD, no entity expansion, no network, a size limit; anything odd means
 "no Nova metadata" and the domain is named by its libvirt name.
 """
+from __future__ import annotations
+
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Any, Optional
 
 NOVA_NAMESPACES = ("http://openstack.org/xmlns/libvirt/nova/1.1",
                    "http://openstack.org/xmlns/libvirt/nova/1.0")
@@ -30,11 +32,11 @@ class NovaInstance:
     created: Optional[str] = None
     namespace: Optional[str] = None
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data):
+    def from_dict(cls, data: Optional[dict]) -> Optional[NovaInstance]:
         return cls(**{k: data.get(k) for k in cls.__dataclass_fields__}) if data else None
 
 
@@ -51,7 +53,7 @@ def _xml_parser():
     return _parser
 
 
-def parse(xml_text, namespace=None):
+def parse(xml_text: Optional[str], namespace: Optional[str] = None) -> Optional[NovaInstance]:
     """A NovaInstance from the text of a `<nova:instance>` element, or None.
 
     libvirt's virDomainGetMetadata hands the element back without its namespace: then
@@ -107,7 +109,7 @@ def parse(xml_text, namespace=None):
     )
 
 
-def read(libvirt, dom):
+def read(libvirt: Any, dom: Any) -> Optional[NovaInstance]:
     """The domain's NovaInstance, or None when it has no (usable) Nova metadata.
 
     Raises libvirtError for anything but "no such metadata" (e.g. the domain vanished).
@@ -126,7 +128,7 @@ def read(libvirt, dom):
 MAX_DOMAIN_XML_BYTES = 4 * 1024 * 1024
 
 
-def describe(xml_text):
+def describe(xml_text: Optional[str]) -> tuple[Optional[NovaInstance], list[str], list[str]]:
     """From a domain's XML (virDomainGetXMLDesc): its NovaInstance or None, and the target
     names of its disks and network interfaces (for drivers without bulk stats)."""
     from lxml import etree

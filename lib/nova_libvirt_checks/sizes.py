@@ -20,3 +20,19 @@ def count(value: float) -> str:
 def percent(value: float) -> str:
     """A percentage: '85%', '2.5%' (one decimal below 10)."""
     return f"{value:.0f}%" if value >= 10 or value == 0 else f"{value:.1f}%"
+
+
+def decimal(value: float, unit: str = "") -> str:
+    """With a decimal prefix, three significant digits, as disks and networks count: '1.5 MB/s'
+    for unit 'B/s'; a count without a unit has no space: '1.5k', '12M'."""
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1, "")):
+        if abs(value) >= factor or factor == 1:
+            number = value / factor
+            digits = f"{number:.0f}" if number >= 100 or number == int(number) else f"{number:.3g}"
+            return f"{digits} {prefix}{unit}" if unit else f"{digits}{prefix}"
+    raise AssertionError("unreachable")
+
+
+def seconds(value: float) -> str:
+    """A duration: '2 s', '0.512 s' (milliseconds below one second), '1.5 s'."""
+    return f"{value:g} s" if value == int(value) or value >= 1 else f"{value:.3f} s"

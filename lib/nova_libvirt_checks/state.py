@@ -7,6 +7,8 @@ their updates instead of overwriting each other. A file that cannot be read or p
 a fresh start, with a note, never a failed check. A file that cannot be written leaves the
 old one intact.
 """
+from __future__ import annotations
+
 import errno
 import fcntl
 import hashlib
@@ -15,6 +17,7 @@ import os
 import stat
 import tempfile
 import time
+from typing import Callable, Optional
 
 MAX_STATE_BYTES = 64 * 1024 * 1024
 ENV_DIR = "NOVA_LIBVIRT_CHECKS_STATE_DIR"
@@ -24,11 +27,11 @@ class StateError(Exception):
     """The state cannot be used; the message says why, in one line."""
 
 
-def default_dir():
+def default_dir() -> str:
     return os.environ.get(ENV_DIR) or f"/var/tmp/nova-libvirt-checks-{os.getuid()}"
 
 
-def private_dir(path):
+def private_dir(path: str) -> str:
     """Create `path` (one level) 0700 if missing; refuse it unless it is ours and private."""
     try:
         os.mkdir(path, 0o700)
@@ -49,7 +52,7 @@ def private_dir(path):
     return path
 
 
-def file_for(kind, key, directory=None):
+def file_for(kind: str, key: str, directory: Optional[str] = None) -> str:
     """The state file of one check (`kind`) for one peer (`key`, e.g. a libvirt URI)."""
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
     return os.path.join(directory or default_dir(), f"{kind}-{digest}.json")
@@ -58,12 +61,12 @@ def file_for(kind, key, directory=None):
 class StateFile:
     """A JSON document on disk. `load()` never raises; `update()` raises StateError."""
 
-    def __init__(self, path, lock_wait=2.0):
+    def __init__(self, path: str, lock_wait: float = 2.0) -> None:
         self.path = path
         self.lock_wait = lock_wait
         self.notes = []
 
-    def load(self):
+    def load(self) -> dict:
         """The stored document, or {} (with a note in self.notes) when there is none usable."""
         try:
             private_dir(os.path.dirname(self.path))
@@ -96,7 +99,7 @@ class StateFile:
             raise ValueError("not a JSON object")
         return document
 
-    def update(self, change):
+    def update(self, change: Callable[[dict], dict]) -> None:
         """Under the lock: read the current document, apply `change(document) -> document`,
         and replace the file atomically."""
         directory = private_dir(os.path.dirname(self.path))
@@ -145,7 +148,7 @@ class StateFile:
             raise StateError(f"state not saved: {exc.strerror or exc}") from None
 
 
-def boot_id():
+def boot_id() -> str:
     """Identifies this boot: time.monotonic() values are comparable only within one."""
     try:
         with open("/proc/sys/kernel/random/boot_id") as handle:

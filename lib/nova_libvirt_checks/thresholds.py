@@ -3,14 +3,22 @@
 The range semantics are nagiosplugin's Range: a value outside the range raises the alert,
 `@` inverts. We only add units, so that `-w disk_write_bytes=50M` or `-w 500ms` reads as the
 operator means it, and strict validation: anything that does not parse is an error naming
-the text, never a silently ignored threshold.
+the text, never a silently ignored threshold. Numbers and ranges are printed back here too,
+as perfdata wants them (`format_number`, `format_range`: never an exponent); numbers for
+people are sizes.py's.
 """
+from __future__ import annotations
+
 import argparse
 import math
 import re
 from collections import namedtuple
+from typing import Callable, Collection, Optional, Union
 
 import nagiosplugin
+
+Number = Union[int, float]
+
 
 class Units(namedtuple("Units", "factors suffixes", defaults=((),))):
     """Unit symbols and their factors, and the suffixes that may follow them (the B of 50MB,
@@ -29,14 +37,14 @@ NUMBERS = Units({"": 1})
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
 
 
-def _atom_pattern(units):
+def _atom_pattern(units: Units) -> re.Pattern:
     names = sorted((re.escape(u) for u in units.factors if u), key=len, reverse=True)
     unit = "(?:" + "|".join(names) + ")" if names else "(?!)"
     tail = "".join(f"(?:{re.escape(s)})?" for s in units.suffixes)
     return re.compile(rf"({_NUMBER})({unit})?{tail}")
 
 
-def _parse_atom(text, units, pattern):
+def _parse_atom(text: str, units: Units, pattern: re.Pattern) -> Number:
     match = pattern.fullmatch(text)
     if not match:
         raise ValueError(text)
@@ -46,7 +54,7 @@ def _parse_atom(text, units, pattern):
     return int(value) if value == int(value) and abs(value) < 2**63 else value
 
 
-def parse_range(text, units=SIZE_UNITS):
+def parse_range(text: str, units: Union[Units, dict] = SIZE_UNITS) -> nagiosplugin.Range:
     """`text` as a nagiosplugin Range, unit suffixes resolved; ValueError if it is not one."""
     if isinstance(units, dict):
         units = Units(units)
@@ -64,7 +72,7 @@ def parse_range(text, units=SIZE_UNITS):
     return nagiosplugin.Range(("@" if invert else "") + spec)
 
 
-def format_number(value):
+def format_number(value: Number) -> str:
     """A number as perfdata wants it: no exponent, no trailing zeros, at most 6 decimals."""
     if isinstance(value, bool):
         value = int(value)
@@ -78,10 +86,13 @@ def format_number(value):
     return "0" if text in ("-0", "") else text
 
 
-def format_range(rng):
-    """A Range in the perfdata threshold syntax (nagiosplugin's str() may use exponents)."""
-    if rng is None:
+def format_range(rng: Union[nagiosplugin.Range, str, None]) -> str:
+    """A Range in the perfdata threshold syntax (nagiosplugin's str() may use exponents);
+    None and '' (no threshold) give ''."""
+    if rng is None or rng == "":
         return ""
+    if isinstance(rng, str):
+        rng = nagiosplugin.Range(rng)
     parts = ["@"] if rng.invert else []
     if rng.start == float("-inf"):
         parts.append("~:")
@@ -92,7 +103,7 @@ def format_range(rng):
     return "".join(parts)
 
 
-def range_type(units=SIZE_UNITS):
+def range_type(units: Units = SIZE_UNITS) -> Callable[[str], nagiosplugin.Range]:
     """An argparse type for one range."""
     def convert(text):
         try:
@@ -102,7 +113,8 @@ def range_type(units=SIZE_UNITS):
     return convert
 
 
-def named_range_type(names, units_of):
+def named_range_type(names: Collection[str], units_of: Callable[[str], Units]
+                     ) -> Callable[[str], tuple[str, nagiosplugin.Range]]:
     """An argparse type for `NAME=RANGE`; `names` the allowed names, `units_of(name)` their units."""
     def convert(text):
         name, sep, spec = text.partition("=")
@@ -119,7 +131,8 @@ def named_range_type(names, units_of):
     return convert
 
 
-def state_of(value, warning=None, critical=None):
+def state_of(value: Number, warning: Optional[nagiosplugin.Range] = None,
+             critical: Optional[nagiosplugin.Range] = None) -> int:
     """0/1/2 for a value against optional warning and critical ranges (critical wins)."""
     if critical is not None and not critical.match(value):
         return 2
@@ -128,16 +141,19 @@ def state_of(value, warning=None, critical=None):
     return 0
 
 
-def breach(value, warning=None, critical=None):
+def breach(value: Number, warning: Optional[nagiosplugin.Range] = None,
+           critical: Optional[nagiosplugin.Range] = None) -> tuple[int, Optional[nagiosplugin.Range]]:
     """(state, the range that was broken) for a value; (0, None) when it keeps to both."""
     state = state_of(value, warning, critical)
     return state, {0: None, 1: warning, 2: critical}[state]
 
 
-def describe_breach(value, rng, show=format_number):
+def describe_breach(value: Number, rng: nagiosplugin.Range,
+                    show: Callable[[Number], str] = format_number) -> str:
     """How a value breaks a range, in the operator's terms: '12 > 10', '3 < 5', '15 inside 10..20'."""
     if rng.invert:
         return f"{show(value)} inside {show(rng.start)}..{show(rng.end)}"
     if value > rng.end:
         return f"{show(value)} > {show(rng.end)}"
     return f"{show(value)} < {show(rng.start)}"
+
