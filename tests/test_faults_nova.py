@@ -540,7 +540,7 @@ def placement_usable(scenario, uuid):
     inventories, used = inv.get("inventories"), use.get("usages")
     if not isinstance(inventories, dict) or not isinstance(used, dict):
         return False
-    for rc, rec in inventories.items():
+    for rec in inventories.values():
         if not isinstance(rec, dict) or not valid_count(rec.get("total")):
             return False
         for key in ("reserved", "min_unit", "max_unit", "step_size"):

@@ -121,7 +121,7 @@ class Nova:
         markers: set = set()
         while True:
             response, body = self.conn.call("compute", f"GET {path}",
-                                            lambda: http.get(path, raise_exc=False))
+                                            lambda page=path: http.get(page, raise_exc=False))
             if response.status_code == 406 and not last:
                 return None
             if response.status_code >= 300:
