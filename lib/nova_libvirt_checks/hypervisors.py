@@ -1,12 +1,15 @@
 """check_nova_hypervisors: are the hypervisors up, and how much room is left in the cloud?
 
-The story of one run: read the arguments; log in (or reuse the cached token); list the
-hypervisors from Nova, keep those the selection asks for (aggregate, availability zone -
-taken from the compute services, so a disabled host stays in its zone - name); read each
-one's inventories and usages from Placement, or Nova's legacy fields; judge the cloud's
-totals, each hypervisor, the down and disabled counts and the flavor room against the limits;
-tell. The modules: openstack.py (session, token cache), nova.py, placement.py, capacity.py
-(the model, pure), errors.py (one-line errors without secrets).
+The story of one run, on nagiosplugin's model: the arguments (build_parser); the Resource
+`Hypervisors` logs in (or reuses the cached token), lists the hypervisors from Nova, keeps
+those the selection asks for (aggregate; availability zone, taken from the compute services
+so that a disabled host stays in its zone; name), reads each one's inventories and usages
+from Placement or Nova's legacy fields (`read`), and yields the Metrics: the cloud's totals,
+the counts, each flavor's room, per-hypervisor amounts. The Contexts judge them (`contexts`:
+the cloud's limits, the down and disabled counts, each hypervisor's limits, the flavor room,
+unusable data); `HypervisorsSummary` words the status line and the long output. The modules
+below: openstack.py (session, token cache), nova.py, placement.py, capacity.py (the model,
+pure functions of hosts), errors.py (one-line errors without secrets).
 
 Nova and Placement legitimately differ, and the check says which one it used:
 - Placement capacity is (total - reserved) x allocation_ratio; Nova's legacy fields know no
@@ -25,10 +28,12 @@ import re
 import time
 from typing import Optional
 
+import nagiosplugin
+
 from . import plugin, sizes
 from .capacity import (RESOURCES, WORDS, Amount, FlavorError, Host, cloud_room, flavor_needs,
                        room, totals)
-from .perfdata import Labels, label, token
+from .perfdata import label, labels_by_name
 from .thresholds import PLAIN_UNITS, SIZE_UNITS, format_number, parse_range, range_type, state_of
 
 NAME = "HYPERVISORS"
@@ -351,270 +356,351 @@ def _names(hosts: list[Host], limit: int = 5) -> str:
     return names + (f" and {len(hosts) - limit} more" if len(hosts) > limit else "")
 
 
-class Verdict:
-    """The judgement of a Reading against the Limits: the cloud's totals and flavor room,
-    each host's problems and room, and the problems of the status line, worst first."""
+# ---------------------------------------------------------------- the Resource
 
-    def __init__(self, reading: Reading, limits: Limits):
-        self.reading, self.limits = reading, limits
-        hosts, usable = reading.hosts, reading.usable
-        down, disabled = reading.down, reading.disabled
-        self.totals = totals(hosts)
+class Hypervisors(nagiosplugin.Resource):
+    """The cloud's hypervisors as the selection and source see them: probe() reads them
+    (Reading) and yields the Metrics - the cloud's totals per resource, the counts, the room
+    for each flavor, per-hypervisor amounts - each for the Context of its name to judge."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.reading: Optional[Reading] = None
+        self.totals: dict[str, Amount] = {}
+        self.rooms: dict[int, dict[str, int]] = {}      # id(host) -> {flavor: room}
+        self.fits: dict[str, int] = {}
+        self.flavor_of_metric: dict[str, str] = {}      # fits_<label> -> flavor name
+        self.host_problems: dict[int, list] = {}        # filled by HostLimitsContext
+        self.labels: dict[int, str] = {}
+
+    def probe(self):
+        from .openstack import Connection
+        args = self.args
+        started = time.monotonic()
+        # leave the watchdog a margin, so that a hung peer is named by our own message
+        deadline = started + max(args.timeout * 0.8, args.timeout - 0.5)
+        conn = Connection(args, deadline, app_name="check_nova_hypervisors")
+        try:
+            reading = read(args, conn, started)
+        finally:
+            conn.save_token()
+        self.reading = reading
+        self.totals = totals(reading.hosts)
         self.rooms = {id(h): {name: room(h, need, reading.source)
-                              for name, need in reading.needs.items()} for h in usable}
-        self.fits = {name: cloud_room(hosts, need, reading.source)
+                              for name, need in reading.needs.items()} for h in reading.usable}
+        self.fits = {name: cloud_room(reading.hosts, need, reading.source)
                      for name, need in reading.needs.items()}
-        self.host_problems: dict[int, list] = {}
-        self.line_state: dict[int, int] = {}
-        problems = []
-        for state, text in judge_amounts(self.totals, limits.cloud_warning, limits.cloud_critical):
-            problems.append((state, f"cloud {text}" if usable else f"{text} (no usable hypervisor)"))
 
-        down_state = state_of(len(down), limits.down_warning, limits.down_critical)
-        if down_state:
-            problems.append((down_state, f"{len(down)} of {plural(len(hosts), 'hypervisor')}"
-                             f" down: {_names(down)}"))
-        disabled_state = state_of(len(disabled), limits.disabled_warning,
-                                  limits.disabled_critical)
-        if disabled_state:
-            problems.append((disabled_state, f"{len(disabled)} of "
-                             f"{plural(len(hosts), 'hypervisor')} disabled: {_names(disabled)}"))
-        for h in down:
-            self.line_state[id(h)] = down_state
-        for h in disabled:
-            self.line_state[id(h)] = disabled_state
-
-        if limits.host_warning or limits.host_critical:
-            for h in usable:
-                self.host_problems[id(h)] = judge_amounts(h.amounts, limits.host_warning,
-                                                          limits.host_critical)
-            offenders = sorted((h for h in usable if self.host_problems[id(h)]),
-                               key=lambda h: (-self.worst(h), self._badness(h), h.name))
-            if offenders:
-                shown = "; ".join(f"{h.name} " + ", ".join(t for _, t in self.host_problems[id(h)])
-                                  for h in offenders[:3])
-                more = f"; and {len(offenders) - 3} more" if len(offenders) > 3 else ""
-                problems.append((self.worst(offenders[0]), f"{len(offenders)} of "
-                                 f"{plural(len(usable), 'hypervisor')} over limits: "
-                                 f"{shown}{more}"))
-
-        for name in reading.flavors:
-            state = state_of(self.fits[name], limits.fit_warning, limits.fit_critical)
-            if state:
-                limit = limits.fit_critical if state == plugin.CRITICAL else limits.fit_warning
-                problems.append((state, f"room for {self.fits[name]} more {name}, "
-                                 + (f"fewer than {format_number(limit.start)}" if not limit.invert
-                                    else f"inside {format_number(limit.start)}.."
-                                         f"{format_number(limit.end)}")))
-
-        unreported = reading.unreported
-        if unreported:
-            text = (f"{plural(len(unreported), 'hypervisor')} without usable data in "
-                    f"{'Placement' if reading.source == 'placement' else 'Nova'}: "
-                    + ", ".join(f"{h.name} ({h.unusable})" for h in unreported[:5])
-                    + (f" and {len(unreported) - 5} more" if len(unreported) > 5 else ""))
-            problems.append((plugin.WARNING if len(unreported) < len(hosts) else plugin.UNKNOWN,
-                             text))
-        problems.sort(key=lambda p: -p[0])
-        self.problems = problems
-        self.state = max((s for s, _ in problems), default=plugin.OK)
-
-    def worst(self, host: Host) -> int:
-        return max((s for s, _ in self.host_problems.get(id(host), ())), default=plugin.OK)
-
-    @staticmethod
-    def _badness(host: Host) -> float:
-        return -max((a.percent for a in host.amounts.values()), default=0)
-
-
-# ---------------------------------------------------------------- telling
-
-def summary(verdict: Verdict) -> str:
-    reading, t = verdict.reading, verdict.totals
-    hosts, usable = reading.hosts, reading.usable
-    head = f"{len(usable)} of {plural(len(hosts), 'hypervisor')} up and enabled"
-    extra = []
-    if reading.down:
-        extra.append(f"{len(reading.down)} down")
-    if reading.disabled:
-        extra.append(f"{len(reading.disabled)} disabled")
-    if extra:
-        head += f" ({', '.join(extra)})"
-    parts = [head]
-    if not usable:
-        parts.append("no usable capacity")
-    else:
-        shown = [f"{WORDS[r]} {human(r, t[r].used)} of {human(r, t[r].capacity)} used "
-                 f"({sizes.percent(t[r].percent)})" for r in RESOURCES if r in t]
-        if shown:
-            parts.append(", ".join(shown))
-    if verdict.fits:
-        parts.append(", ".join(f"room for {n} more {name}" for name, n in verdict.fits.items()))
-    text = "; ".join(parts) + f" [{reading.source}]"
-    if verdict.problems:
-        text = "; ".join(t for _, t in verdict.problems) + " - " + text
-    return text
-
-
-def host_line(verdict: Verdict, host: Host) -> str:
-    state = plugin.STATE_NAMES[max(verdict.worst(host), verdict.line_state.get(id(host), 0))]
-    details = []
-    for resource in RESOURCES:
-        amount = host.amounts.get(resource)
-        if amount is not None:
-            details.append(f"{WORDS[resource]} {human(resource, amount.used)}/"
-                           f"{human(resource, amount.capacity)} "
-                           f"({sizes.percent(amount.percent)})")
-    rooms = verdict.rooms.get(id(host))
-    if rooms:
-        details.append(", ".join(f"room for {n} {name}" for name, n in rooms.items()))
-    problems = verdict.host_problems.get(id(host))
-    text = f"{state}: {host.name} [{host.condition()}]"
-    if problems:
-        text += ": " + ", ".join(t for _, t in problems) + " -"
-    return text + (": " if not problems else " ") + (
-        ", ".join(details) or (f"no usable data ({host.unusable})" if host.unusable
-                               else "no usage reported"))
-
-
-def long_output(verdict: Verdict, verbose: int) -> list[str]:
-    reading, t = verdict.reading, verdict.totals
-    conn = reading.conn
-    lines = []
-    if reading.usable:
+        limited = set(args.warning and dict(args.warning)) | set(args.critical and
+                                                                  dict(args.critical))
         for resource in RESOURCES:
-            if resource in t:
-                lines.append(f"cloud {WORDS[resource]}: {human(resource, t[resource].used)} used "
-                             f"of {human(resource, t[resource].capacity)} "
-                             f"({sizes.percent(t[resource].percent)}), "
-                             f"{human(resource, t[resource].free)} free")
-    for name in reading.flavors:
-        need = ", ".join(f"{rc} {n}" for rc, n in sorted(reading.needs[name].items()))
-        hosts = sum(1 for rooms in verdict.rooms.values() if rooms.get(name))
-        lines.append(f"flavor {name} ({need}): room for {verdict.fits[name]} more, "
-                     f"on {plural(hosts, 'hypervisor')}")
-    shown = reading.hosts if verbose else [
-        h for h in reading.hosts if verdict.host_problems.get(id(h)) or not h.usable]
-    lines.extend(host_line(verdict, h) for h in shown)
-    if verbose:
-        ratio_note = ("capacity = (total - reserved) x allocation ratio; free = sum over "
-                      "hypervisors of max(0, capacity - used)" if reading.source == "placement"
-                      else "legacy fields: no allocation ratio, memory used includes the host "
-                           "reservation")
-        lines.append(f"source: {reading.source} ({ratio_note}); Nova microversion "
-                     f"{reading.microversion}; {plural(len(conn.requests), 'HTTP request')} in "
-                     f"{reading.elapsed:.3f} s")
-        lines.append("connection: " + conn.describe())
-    lines.extend(conn.notes)
-    if verbose >= 2:
-        for method, url, status, seconds in list(conn.requests):
-            lines.append(f"request: {method} {url} -> {status} in {seconds * 1000:.0f} ms")
-    return lines
+            a = self.totals.get(resource)
+            if a is None:
+                if {resource, f"{resource}_free"} & limited:
+                    yield nagiosplugin.Metric(f"{resource}_missing", 0, context="not reported")
+                continue
+            uom = "" if resource == "vcpus" else "B"
+            yield nagiosplugin.Metric(f"{resource}_used", a.used, uom, min=0, max=a.capacity,
+                                      context="amount")
+            yield nagiosplugin.Metric(f"{resource}_capacity", a.capacity, uom, min=0,
+                                      context="amount")
+            yield nagiosplugin.Metric(f"{resource}_free", a.free, uom, min=0, max=a.capacity)
+            yield nagiosplugin.Metric(f"{resource}_used_pct", round(a.percent, 2), "%", min=0,
+                                      max=100)
+        yield nagiosplugin.Metric("hypervisors", len(reading.hosts), min=0, context="amount")
+        yield nagiosplugin.Metric("hypervisors_usable", len(reading.usable), min=0,
+                                  context="amount")
+        yield nagiosplugin.Metric("hypervisors_down", len(reading.down), min=0)
+        yield nagiosplugin.Metric("hypervisors_disabled", len(reading.disabled), min=0)
+        if args.hypervisor_warning or args.hypervisor_critical:
+            yield nagiosplugin.Metric("hypervisors_over_limits", len(reading.usable),
+                                      context="hypervisor limits")
+        for name, n in self.fits.items():
+            metric = f"fits_{label(name)}"
+            self.flavor_of_metric[metric] = name
+            yield nagiosplugin.Metric(metric, n, min=0, context="fits")
+        if reading.unreported:
+            yield nagiosplugin.Metric("hypervisors_unreported", len(reading.unreported),
+                                      context="unreported")
+        if args.perfdata_per_hypervisor:
+            self.labels = labels_by_name((id(h), h.name, h.id) for h in reading.hosts)
+            for h in reading.hosts:
+                for resource in RESOURCES:
+                    amount = h.amounts.get(resource)
+                    if amount is None:
+                        continue
+                    uom = "" if resource == "vcpus" else "B"
+                    base = f"{self.labels[id(h)]}.{resource}"
+                    yield nagiosplugin.Metric(f"{base}_used", amount.used, uom, min=0,
+                                              max=amount.capacity, context="host amount")
+                    yield nagiosplugin.Metric(f"{base}_used_pct", round(amount.percent, 2), "%",
+                                              min=0, max=100, context=f"host {resource}_used_pct")
 
 
-def host_keys(hosts: list[Host]) -> dict[int, str]:
-    """One distinct name per host to label its perfdata with: its name; name and id for
-    hypervisors of the same name (several cells, or a hostile answer)."""
-    counts: dict[str, int] = {}
-    for h in hosts:
-        counts[h.name] = counts.get(h.name, 0) + 1
-    keys, taken = {}, set()
-    for h in hosts:
-        key = base = h.name if counts[h.name] == 1 else f"{h.name} {h.id}"
-        n = 2
-        while key in taken:
-            key, n = f"{base} #{n}", n + 1
-        taken.add(key)
-        keys[id(h)] = key
-    return keys
+# ---------------------------------------------------------------- the Contexts
+
+_STATES = {plugin.OK: nagiosplugin.Ok, plugin.WARNING: nagiosplugin.Warn,
+           plugin.CRITICAL: nagiosplugin.Critical, plugin.UNKNOWN: nagiosplugin.Unknown}
 
 
-def perfdata(verdict: Verdict, per_hypervisor: bool) -> list[str]:
-    reading, limits, t = verdict.reading, verdict.limits, verdict.totals
-    tokens = []
+class LimitContext(nagiosplugin.Context):
+    """A Metric against a warning and a critical range, the breach worded by `hint(value,
+    range, resource)`; its perfdata carries the ranges. No range: nothing to judge."""
+
+    def __init__(self, name: str, warning=None, critical=None, hint=None, judge: bool = True):
+        super().__init__(name)
+        self.warning, self.critical = warning, critical
+        self.hint = hint
+        self.judge = judge
+
+    def evaluate(self, metric, resource):
+        state = state_of(metric.value, self.warning, self.critical) if self.judge else 0
+        if not state:
+            return self.result_cls(nagiosplugin.Ok, None, metric)
+        limit = self.critical if state == plugin.CRITICAL else self.warning
+        return self.result_cls(_STATES[state], self.hint(metric, limit, resource), metric)
+
+    def performance(self, metric, resource):
+        return nagiosplugin.Performance(metric.name, metric.value, metric.uom or "",
+                                        self.warning, self.critical, metric.min, metric.max)
+
+
+class HostLimitsContext(nagiosplugin.Context):
+    """Each usable hypervisor against --hypervisor-warning/--hypervisor-critical: the
+    offenders, worst first, named in one breach (the first three)."""
+
+    def __init__(self, warning: dict, critical: dict):
+        super().__init__("hypervisor limits")
+        self.warning, self.critical = warning, critical
+
+    def evaluate(self, metric, resource):
+        usable = resource.reading.usable
+        for h in usable:
+            resource.host_problems[id(h)] = judge_amounts(h.amounts, self.warning, self.critical)
+
+        def worst(h):
+            return max((s for s, _ in resource.host_problems[id(h)]), default=plugin.OK)
+
+        def badness(h):
+            return -max((a.percent for a in h.amounts.values()), default=0)
+        offenders = sorted((h for h in usable if resource.host_problems[id(h)]),
+                           key=lambda h: (-worst(h), badness(h), h.name))
+        if not offenders:
+            return self.result_cls(nagiosplugin.Ok, None, metric)
+        shown = "; ".join(f"{h.name} " + ", ".join(t for _, t in resource.host_problems[id(h)])
+                          for h in offenders[:3])
+        more = f"; and {len(offenders) - 3} more" if len(offenders) > 3 else ""
+        return self.result_cls(_STATES[worst(offenders[0])],
+                               f"{len(offenders)} of {plural(len(usable), 'hypervisor')} over "
+                               f"limits: {shown}{more}", metric)
+
+
+class UnreportedContext(nagiosplugin.Context):
+    """Hypervisors whose usage data cannot be used: WARNING, UNKNOWN when it is all of them."""
+
+    def evaluate(self, metric, resource):
+        reading = resource.reading
+        unreported = reading.unreported
+        text = (f"{plural(len(unreported), 'hypervisor')} without usable data in "
+                f"{'Placement' if reading.source == 'placement' else 'Nova'}: "
+                + ", ".join(f"{h.name} ({h.unusable})" for h in unreported[:5])
+                + (f" and {len(unreported) - 5} more" if len(unreported) > 5 else ""))
+        state = nagiosplugin.Warn if len(unreported) < len(reading.hosts) else nagiosplugin.Unknown
+        return self.result_cls(state, text, metric)
+
+
+class NotReportedContext(nagiosplugin.Context):
+    """A limit on a resource no usable hypervisor reports: nothing to compare, UNKNOWN."""
+
+    def evaluate(self, metric, resource):
+        return self.result_cls(nagiosplugin.Unknown,
+                               f"{WORDS[metric.name[:-len('_missing')]]} not reported", metric)
+
+
+def _cloud_hint(quantity: str):
+    def hint(metric, limit, resource):
+        text = describe_limit(quantity, metric.value, limit)
+        return f"cloud {text}" if resource.reading.usable else f"{text} (no usable hypervisor)"
+    return hint
+
+
+def _count_hint(word: str):
+    def hint(metric, limit, resource):
+        hosts = getattr(resource.reading, word)
+        return (f"{len(hosts)} of {plural(len(resource.reading.hosts), 'hypervisor')} {word}: "
+                f"{_names(hosts)}")
+    return hint
+
+
+def _fits_hint(metric, limit, resource) -> str:
+    name = resource.flavor_of_metric[metric.name]
+    return (f"room for {metric.value} more {name}, "
+            + (f"fewer than {format_number(limit.start)}" if not limit.invert
+               else f"inside {format_number(limit.start)}..{format_number(limit.end)}"))
+
+
+def contexts(args: argparse.Namespace) -> list[nagiosplugin.Context]:
+    limits = Limits(args)
+    found = [plugin.ThresholdContext("amount"), plugin.ThresholdContext("host amount"),
+             NotReportedContext("not reported"), UnreportedContext("unreported")]
     for resource in RESOURCES:
-        if resource not in t:
-            continue
-        a = t[resource]
-        uom = "" if resource == "vcpus" else "B"
-        tokens.append(token(f"{resource}_used", a.used, uom, None, None, 0, a.capacity))
-        tokens.append(token(f"{resource}_capacity", a.capacity, uom, None, None, 0))
-        tokens.append(token(f"{resource}_free", a.free, uom,
-                            limits.cloud_warning.get(f"{resource}_free"),
-                            limits.cloud_critical.get(f"{resource}_free"), 0, a.capacity))
-        tokens.append(token(f"{resource}_used_pct", round(a.percent, 2), "%",
-                            limits.cloud_warning.get(resource),
-                            limits.cloud_critical.get(resource), 0, 100))
-    tokens.append(token("hypervisors", len(reading.hosts), "", None, None, 0))
-    tokens.append(token("hypervisors_usable", len(reading.usable), "", None, None, 0))
-    tokens.append(token("hypervisors_down", len(reading.down), "", limits.down_warning,
-                        limits.down_critical, 0))
-    tokens.append(token("hypervisors_disabled", len(reading.disabled), "",
-                        limits.disabled_warning, limits.disabled_critical, 0))
-    for name, n in verdict.fits.items():
-        tokens.append(token(f"fits_{label(name)}", n, "", limits.fit_warning,
-                            limits.fit_critical, 0))
-    if per_hypervisor:
-        keys = host_keys(reading.hosts)
-        labels = Labels(keys.values())
-        for h in reading.hosts:
+        for quantity in (f"{resource}_free", resource):
+            name = quantity if quantity.endswith("_free") else f"{resource}_used_pct"
+            found.append(LimitContext(name, limits.cloud_warning.get(quantity),
+                                      limits.cloud_critical.get(quantity), _cloud_hint(quantity)))
+        # per-hypervisor % used: its limits shown in the perfdata, judged by HostLimitsContext
+        found.append(LimitContext(f"host {resource}_used_pct", limits.host_warning.get(resource),
+                                  limits.host_critical.get(resource), judge=False))
+    found.append(LimitContext("hypervisors_down", limits.down_warning, limits.down_critical,
+                              _count_hint("down")))
+    found.append(LimitContext("hypervisors_disabled", limits.disabled_warning,
+                              limits.disabled_critical, _count_hint("disabled")))
+    found.append(HostLimitsContext(limits.host_warning, limits.host_critical))
+    found.append(LimitContext("fits", limits.fit_warning, limits.fit_critical, _fits_hint))
+    return found
+
+
+# ---------------------------------------------------------------- the Summary
+
+def _rank(name: str) -> tuple:
+    """The order of the breaches in the status line (within a state): the cloud's limits by
+    resource (% used before free), the counts, the hypervisors, the flavors, missing data."""
+    for n, resource in enumerate(RESOURCES):
+        if name in (f"{resource}_used_pct", f"{resource}_missing"):
+            return (0, n, 0)
+        if name == f"{resource}_free":
+            return (0, n, 1)
+    order = ["hypervisors_down", "hypervisors_disabled", "hypervisors_over_limits"]
+    if name in order:
+        return (1, order.index(name), 0)
+    return (2 if name.startswith("fits_") else 3, 0, 0)
+
+
+class HypervisorsSummary(nagiosplugin.Summary):
+    """The status line: the breaches, worst first, then the hypervisors and the cloud's use;
+    the long output: the cloud's totals and free room, each flavor's room, the hypervisors
+    (all at -v, else those with a problem or not usable), the connection at -v."""
+
+    def __init__(self, cloud: Hypervisors, verbose: int = 0):
+        self.cloud = cloud
+        self.verbose_level = verbose
+
+    def ok(self, results) -> str:
+        cloud = self.cloud
+        reading, t = cloud.reading, cloud.totals
+        if reading is None:
+            return ""
+        hosts, usable = reading.hosts, reading.usable
+        head = f"{len(usable)} of {plural(len(hosts), 'hypervisor')} up and enabled"
+        extra = []
+        if reading.down:
+            extra.append(f"{len(reading.down)} down")
+        if reading.disabled:
+            extra.append(f"{len(reading.disabled)} disabled")
+        if extra:
+            head += f" ({', '.join(extra)})"
+        parts = [head]
+        if not usable:
+            parts.append("no usable capacity")
+        else:
+            shown = [f"{WORDS[r]} {human(r, t[r].used)} of {human(r, t[r].capacity)} used "
+                     f"({sizes.percent(t[r].percent)})" for r in RESOURCES if r in t]
+            if shown:
+                parts.append(", ".join(shown))
+        if cloud.fits:
+            parts.append(", ".join(f"room for {n} more {name}" for name, n in cloud.fits.items()))
+        return "; ".join(parts) + f" [{reading.source}]"
+
+    def problem(self, results) -> str:
+        breaches = sorted((r for r in results if r.state != nagiosplugin.Ok and r.hint),
+                          key=lambda r: (-r.state.code, _rank(r.metric.name if r.metric else "")))
+        text = "; ".join(r.hint for r in breaches)
+        ok = self.ok(results)
+        return f"{text} - {ok}" if ok else text
+
+    def _line_state(self, results, host: Host) -> int:
+        state = max((s for s, _ in self.cloud.host_problems.get(id(host), ())),
+                    default=plugin.OK)
+        for word, name in (("down", "hypervisors_down"), ("disabled", "hypervisors_disabled")):
+            if getattr(host, word) and name in results:
+                state = max(state, results[name].state.code)
+        return state
+
+    def host_line(self, results, host: Host) -> str:
+        details = []
+        for resource in RESOURCES:
+            amount = host.amounts.get(resource)
+            if amount is not None:
+                details.append(f"{WORDS[resource]} {human(resource, amount.used)}/"
+                               f"{human(resource, amount.capacity)} "
+                               f"({sizes.percent(amount.percent)})")
+        rooms = self.cloud.rooms.get(id(host))
+        if rooms:
+            details.append(", ".join(f"room for {n} {name}" for name, n in rooms.items()))
+        problems = self.cloud.host_problems.get(id(host))
+        text = f"{plugin.STATE_NAMES[self._line_state(results, host)]}: {host.name} " \
+               f"[{host.condition()}]"
+        if problems:
+            text += ": " + ", ".join(t for _, t in problems) + " -"
+        return text + (": " if not problems else " ") + (
+            ", ".join(details) or (f"no usable data ({host.unusable})" if host.unusable
+                                   else "no usage reported"))
+
+    def verbose(self, results) -> list[str]:
+        cloud = self.cloud
+        reading, t = cloud.reading, cloud.totals
+        if reading is None:
+            return []
+        conn, verbose = reading.conn, self.verbose_level
+        lines = []
+        if reading.usable:
             for resource in RESOURCES:
-                amount = h.amounts.get(resource)
-                if amount is None:
-                    continue
-                uom = "" if resource == "vcpus" else "B"
-                base = f"{labels[keys[id(h)]]}.{resource}"
-                tokens.append(token(f"{base}_used", amount.used, uom, None, None, 0,
-                                    amount.capacity))
-                tokens.append(token(f"{base}_used_pct", round(amount.percent, 2), "%",
-                                    limits.host_warning.get(resource),
-                                    limits.host_critical.get(resource), 0, 100))
-    return tokens
-
-
-def report(verdict: Verdict, args: argparse.Namespace) -> plugin.Report:
-    made = plugin.Report(verdict.state, summary(verdict), long_output(verdict, args.verbose),
-                         perfdata(verdict, args.perfdata_per_hypervisor))
-    # for plugin.fit, made only if the output is too large: the cloud's perfdata alone
-    made.lighter_perfdata = (
-        (perfdata(verdict, False),
-         f"(per-hypervisor perfdata left out to stay under {args.max_output} bytes)")
-        for _ in range(1 if args.perfdata_per_hypervisor else 0))
-    return made
+                if resource in t:
+                    a = t[resource]
+                    lines.append(f"cloud {WORDS[resource]}: {human(resource, a.used)} used of "
+                                 f"{human(resource, a.capacity)} ({sizes.percent(a.percent)}), "
+                                 f"{human(resource, a.free)} free")
+        for name in reading.flavors:
+            need = ", ".join(f"{rc} {n}" for rc, n in sorted(reading.needs[name].items()))
+            hosts = sum(1 for rooms in cloud.rooms.values() if rooms.get(name))
+            lines.append(f"flavor {name} ({need}): room for {cloud.fits[name]} more, "
+                         f"on {plural(hosts, 'hypervisor')}")
+        shown = reading.hosts if verbose else [
+            h for h in reading.hosts if cloud.host_problems.get(id(h)) or not h.usable]
+        lines.extend(self.host_line(results, h) for h in shown)
+        if verbose:
+            ratio_note = ("capacity = (total - reserved) x allocation ratio; free = sum over "
+                          "hypervisors of max(0, capacity - used)" if reading.source == "placement"
+                          else "legacy fields: no allocation ratio, memory used includes the "
+                               "host reservation")
+            lines.append(f"source: {reading.source} ({ratio_note}); Nova microversion "
+                         f"{reading.microversion}; {plural(len(conn.requests), 'HTTP request')}"
+                         f" in {reading.elapsed:.3f} s")
+            lines.append("connection: " + conn.describe())
+        lines.extend(conn.notes)
+        if verbose >= 2:
+            for method, url, status, seconds in list(conn.requests):
+                lines.append(f"request: {method} {url} -> {status} in {seconds * 1000:.0f} ms")
+        return lines
 
 
 # ---------------------------------------------------------------- the check
 
-def measure(args: argparse.Namespace) -> plugin.Report:
-    from .openstack import Connection
+def make_check(args: argparse.Namespace) -> nagiosplugin.Check:
     for option in ("flavor_warning", "flavor_critical"):
         if getattr(args, option) is not None and not args.flavor:
             raise plugin.UsageError(f"argument --{option.replace('_', '-')}: needs --flavor NAME "
                                     f"(the flavor whose room it limits)")
-    started = time.monotonic()
-    # leave the watchdog a margin, so that a hung peer is named by our own message
-    deadline = started + max(args.timeout * 0.8, args.timeout - 0.5)
-    conn = Connection(args, deadline, app_name="check_nova_hypervisors")
-    try:
-        made = report(Verdict(read(args, conn, started), Limits(args)), args)
-    finally:
-        conn.save_token()
-    # a token that could not be saved is told too (the output was made before the save)
-    made.long_output.extend(note for note in conn.notes if note not in made.long_output)
-    # lines past the budget can never be shown: cut them before plugin.fit, which drops one
-    # line at a time and renders the whole output each time
-    made.long_output = _within(made.long_output, args.max_output)
-    return plugin.fit(NAME, made, args.max_output, getattr(made, "lighter_perfdata", ()))
+    cloud = Hypervisors(args)
+    return nagiosplugin.Check(cloud, *contexts(args), HypervisorsSummary(cloud, args.verbose))
 
 
-def _within(lines: list[str], budget: int) -> list[str]:
-    """The first of the long output lines that fit in `budget` bytes once rendered."""
-    total = 0
-    for n, line in enumerate(lines):
-        total += len(plugin.plain(line).encode("utf-8", "replace")) + 1
-        if total > budget:
-            return lines[:n]
-    return lines
+def lighter_perfdata(args: argparse.Namespace, pairs: list) -> list:
+    """Over --max-output: the cloud's perfdata alone, before long output lines are dropped."""
+    if not args.perfdata_per_hypervisor:
+        return []
+    return [([tok for metric, tok in pairs if not metric.context.startswith("host ")],
+             f"(per-hypervisor perfdata left out to stay under {args.max_output} bytes)")]
 
 
 def timeout_message(args: argparse.Namespace) -> str:
@@ -626,5 +712,5 @@ def timeout_message(args: argparse.Namespace) -> str:
 def main(argv: Optional[list] = None) -> None:
     import sys
     argv = sys.argv[1:] if argv is None else argv
-    plugin.main(NAME, build_parser(argv), measure, argv, timeout_state=plugin.UNKNOWN,
-                timeout_message=timeout_message)
+    plugin.run(NAME, build_parser(argv), make_check, argv, timeout_state=plugin.UNKNOWN,
+               timeout_message=timeout_message, lighter_perfdata=lighter_perfdata)

@@ -132,7 +132,8 @@ class Connection:
         self.secrets = Secrets()
         self.secrets.add_options({k: v for k, v in vars(args).items() if k.startswith("os_")})
         self.cache_loaded = False
-        self._loaded_state: Optional[str] = None
+        self._loaded_state: Optional[str] = None     # the auth state the cache gave
+        self._saved_state: Optional[str] = None
         self._store: Optional[StateFile] = None
         self._cache_id: Optional[str] = None
         self._cloud = None              # openstacksdk's CloudRegion, for --os-cloud
@@ -312,7 +313,7 @@ class Connection:
             state = self.auth.get_auth_state()
         except Exception:
             return
-        if not state or state == self._loaded_state:
+        if not state or state in (self._loaded_state, self._saved_state):
             return
         cache_id = self._cache_id
 
@@ -320,7 +321,7 @@ class Connection:
             return {"version": TOKEN_CACHE_VERSION, "cache_id": cache_id, "auth_state": state}
         try:
             self._store.update(change)
-            self._loaded_state = state
+            self._saved_state = state
         except StateError as exc:
             if str(exc) not in self.notes:       # refused on load already: told once
                 self.notes.append(str(exc))
