@@ -1062,8 +1062,9 @@ def _certificate(tmp_path, san=True):
 def test_tls_as_requests_verifies_it(stub, tmp_path):
     """HTTPS: the --os-cacert bundle, or no verification with --insecure; a certificate of an
     unknown CA is a one-line UNKNOWN naming TLS. A certificate with a CN and no subjectAltName
-    is refused on every run (there is one way to make the calls now, not a first and a warm
-    one that differed)."""
+    gets the same answer on every run (there is one way to make the calls now, not a first
+    and a warm one that differed): refused by urllib3 2 (the pinned libraries); urllib3 1.26
+    (Debian 12's) still matches the CN."""
     if not shutil.which("openssl"):
         service_unavailable("no openssl to make a certificate")
     cert, key = _certificate(tmp_path)
@@ -1077,6 +1078,8 @@ def test_tls_as_requests_verifies_it(stub, tmp_path):
                                "detail): "), r
     cn_cert, cn_key = _certificate(tmp_path, san=False)
     s = stub(tls=(cn_cert, cn_key))
-    for _ in range(2):
-        r = s.run(tmp_path, "--os-cacert", cn_cert)
-        assert r.code == 3 and "TLS failed with Nova" in r.status, r
+    runs = [s.run(tmp_path, "--os-cacert", cn_cert) for _ in range(2)]
+    assert runs[0].code == runs[1].code and runs[0].status == runs[1].status, runs
+    import urllib3
+    if int(urllib3.__version__.split(".")[0]) >= 2:
+        assert runs[0].code == 3 and "TLS failed with Nova" in runs[0].status, runs[0]
