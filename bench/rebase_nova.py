@@ -41,6 +41,7 @@ def timed(argv, env):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--timeout", default="10", help="the check's -t")
     args = parser.parse_args()
     cloud = Cloud(cloud_dir())
     user = cloud.create_user(prefix="nlc-bench")
@@ -50,7 +51,7 @@ def main():
             env = dict(os.environ, **user.env, NOVA_LIBVIRT_CHECKS_STATE_DIR=f"{tmp}/state",
                        NLC_BASELINE_CACHE=f"{tmp}/baseline-state.json")
             commands = {
-                "check": [python, "checks/check_nova_hypervisors"],
+                "check": [python, "checks/check_nova_hypervisors", "-t", args.timeout],
                 "libs": [python, "bench/baseline_nova_libs.py"],
                 "fresh": [python, "bench/baseline_nova_libs.py", "--fresh"],
             }
