@@ -17,6 +17,7 @@ HTTP requests of one check run (-vv). A separate script: bench/run belongs to is
 """
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -69,6 +70,8 @@ def main():
                         check_tokens += user.token_requests() - start_tokens
             _elapsed, out = timed(commands["check"] + ["-vv"], env)
             requests_ = [line for line in out.splitlines() if line.startswith("request:")]
+            # the count from the -v source line: request lines past --max-output are cut
+            counted = re.search(r"; (\d+) HTTP requests? in ", out)
             hypervisors = out.split(" hypervisors up and enabled")[0].split(" of ")[-1]
             median = {name: statistics.median(values) for name, values in times.items()}
             print(f"{args.runs} runs each, interleaved; {hypervisors} hypervisors; medians:")
@@ -81,8 +84,9 @@ def main():
             print(f"tokens issued by the check's {args.runs} warm runs: {check_tokens} "
                   f"(+1 by the priming run); all tokens of this user: "
                   f"{user.token_requests() - before}")
-            print(f"HTTP requests of one warm check run: {len(requests_)}")
-            for line in requests_:
+            print(f"HTTP requests of one warm check run: "
+                  f"{counted.group(1) if counted else len(requests_)}")
+            for line in requests_[:12]:
                 print(f"  {line}")
     finally:
         cloud.delete_user(user.id)

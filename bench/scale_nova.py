@@ -94,8 +94,10 @@ def main():
             placement_ms = [int(m) for m in re.findall(r" in (\d+) msecs", f.read())]
         plain = subprocess.run(check + ["--perfdata-per-hypervisor"], env=scale_env,
                                capture_output=True, text=True)
-        requests_ = [line for line in out.stdout.splitlines() if line.startswith("request:")]
-        print(f"one warm run at -vv: {wall * 1000:.0f} ms wall, {len(requests_)} HTTP requests; "
+        # the count from the -v source line: request lines past --max-output are cut
+        counted = re.search(r"; (\d+) HTTP requests? in ", out.stdout)
+        print(f"one warm run at -vv: {wall * 1000:.0f} ms wall, "
+              f"{counted.group(1) if counted else '?'} HTTP requests; "
               f"Placement's uwsgi: {len(placement_ms)} requests, {sum(placement_ms)} ms summed "
               f"over its {os.environ.get('NLC_API_WORKERS', '2')} workers")
         print(f"output: {len(out.stdout.encode())} bytes at -vv, "
@@ -110,7 +112,7 @@ def main():
         os.killpg(compute.pid, signal.SIGTERM)
         compute.wait(60)
         if not args.keep:
-            subprocess.run([os.path.join(HARNESS, "stop")], env=env, capture_output=True)
+            subprocess.run([os.path.join(HARNESS, "stop")], env=env)
 
 
 if __name__ == "__main__":
