@@ -14,12 +14,19 @@ APT_SERVICES := libvirt-daemon-system qemu-system-x86 qemu-utils busybox-static 
 	mariadb-server rabbitmq-server icinga2 icinga2-bin icinga2-common nagios4-core \
 	nagios-nrpe-server nagios-nrpe-plugin monitoring-plugins-basic rrdtool librrds-perl \
 	curl jq procps bc openssl util-linux php-cli faketime strace
+# to build the Debian packages (make deb; tests/test_debian.py builds and installs them)
+APT_DEB := build-essential debhelper dh-python python3-all python3-setuptools lintian
+# make deb: the packages land here, built in a copy of the tree (no build files in the checkout)
+DEBDIR ?= $(CURDIR)/build/deb
 PYTEST_ARGS ?=
 # where `make install` puts the venv and the plugin links (NRPE's default plugin dir)
 PREFIX ?= /opt/nova-libvirt-checks
 PLUGINDIR ?= /usr/lib/nagios/plugins
+# make install writes the NRPE commands for the checks in PLUGINDIR here (copy it to
+# /etc/nagios/nrpe.d/); the Debian package installs it there itself
+NRPE_CFG ?= $(PREFIX)/etc/nrpe.d/nova-libvirt-checks.cfg
 
-.PHONY: all demo test venv apt-build apt-services sandbox sandbox-stop install bench clean
+.PHONY: all demo test venv apt-build apt-services apt-deb deb sandbox sandbox-stop install nrpe-cfg bench clean
 
 all: venv
 
@@ -28,6 +35,9 @@ apt-build:
 
 apt-services: apt-build
 	@dpkg -s $(APT_SERVICES) >/dev/null 2>&1 || { apt-get -o DPkg::Lock::Timeout=900 update -qq && $(APT_INSTALL) $(APT_SERVICES) >/dev/null; }
+
+apt-deb:
+	@dpkg -s $(APT_DEB) >/dev/null 2>&1 || { apt-get -o DPkg::Lock::Timeout=900 update -qq && $(APT_INSTALL) $(APT_DEB) >/dev/null; }
 
 $(PY): setup.py constraints.txt | apt-build
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
@@ -47,7 +57,7 @@ demo: venv
 	@echo '$$ ./checks/check_libvirt_instances -U test://$(NODE) --perfdata totals --top 4'
 	@./checks/check_libvirt_instances -U test://$(NODE) --perfdata totals --top 4; echo "(exit $$?)"
 
-test: apt-services venv
+test: apt-services apt-deb venv
 	$(PY) -m ruff check lib tests checks bench
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -71,6 +81,25 @@ install: apt-build
 	mkdir -p $(PLUGINDIR)
 	for check in check_libvirtd check_libvirt_instances check_nova_hypervisors; do \
 		ln -sf $(PREFIX)/bin/$$check $(PLUGINDIR)/$$check; done
+	@$(MAKE) --no-print-directory nrpe-cfg
+
+# icinga/nrpe/nova-libvirt-checks.cfg with the plugin paths of PLUGINDIR
+nrpe-cfg:
+	mkdir -p $(dir $(NRPE_CFG))
+	sed 's|/usr/lib/nagios/plugins/|$(PLUGINDIR)/|' icinga/nrpe/nova-libvirt-checks.cfg > $(NRPE_CFG)
+	chmod 0644 $(NRPE_CFG)
+	@echo "NRPE commands for the checks in $(PLUGINDIR): $(NRPE_CFG)"
+	@echo "  on a compute node: cp $(NRPE_CFG) /etc/nagios/nrpe.d/ && systemctl restart nagios-nrpe-server"
+
+# nova-libvirt-checks-{common,compute,server}_VERSION_all.deb in $(DEBDIR)
+deb: apt-deb
+	rm -rf $(DEBDIR) && mkdir -p $(DEBDIR)/src
+	tar -C $(CURDIR) --exclude=./.git --exclude=./.venv --exclude=./build --exclude=__pycache__ \
+		--exclude=./.pytest_cache --exclude=./.hypothesis --exclude=./bench/out -cf - . \
+		| tar -C $(DEBDIR)/src -xf -
+	cd $(DEBDIR)/src && dpkg-buildpackage -us -uc -b
+	lintian --fail-on error $(DEBDIR)/*.changes
+	@ls -1 $(DEBDIR)/*.deb
 
 bench: apt-services venv
 	$(PY) bench/run

@@ -249,10 +249,15 @@ def make_check(args):
                                 what="mid count"),
         PoolSummary(args.verbose))
 
+def only_mid(args, pairs):
+    yield [tok for metric, tok in pairs if metric.name == "mid"], "(perfdata cut)"
+
 parser = plugin.ArgumentParser("check_x", "test")
 parser.add_argument("mode")
+parser.add_argument("--max-output", type=int)
 plugin.run("X", parser, make_check, timeout_state=plugin.CRITICAL,
-           timeout_message=lambda args: f"no answer within {args.timeout:g} s")
+           timeout_message=lambda args: f"no answer within {args.timeout:g} s",
+           lighter_perfdata=only_mid)
 """
 
 
@@ -277,6 +282,12 @@ def test_adapter_status_text_is_made_plain():
     assert proc.returncode == 0
     assert proc.stdout.startswith("X OK - pool fine \u00a6 forged=1?SECOND LINE | zeta=0s")
     assert proc.stdout.count("\n") == 1
+
+
+def test_adapter_fits_the_output_to_max_output_lighter_perfdata_first():
+    assert _run(MODEL, "--max-output", "1000", "fine").stdout == _run(MODEL, "fine").stdout
+    proc = _run(MODEL, "--max-output", "100", "fine")
+    assert proc.stdout == "X WARNING - mid count 7 > 5 | mid=7;5;@~:-1\noffender: mid\n(perfdata cut)\n"
 
 
 @pytest.mark.parametrize("mode, code, line", [

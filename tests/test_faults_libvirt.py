@@ -58,7 +58,8 @@ def state_dir(tmp_path):
 
 
 def instances(state_dir, *args, **kwargs):
-    return run_check("check_libvirt_instances", "--state-dir", state_dir, *args, **kwargs)
+    # runs a moment apart compare with each other (--min-window 0), as the tests here expect
+    return run_check("check_libvirt_instances", "--state-dir", state_dir, "--min-window", "0", *args, **kwargs)
 
 
 def spawn(check, *args):

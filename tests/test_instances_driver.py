@@ -97,8 +97,8 @@ def test_selection(state_dir):
 def test_state_thresholds(state_dir):
     result = check(state_dir, "--state-critical", "paused,crashed", "--state-warning", "shutoff")
     assert_plugin_output(result, 2)
-    assert "paused-01 (beta) state paused" in result.text
-    assert "stopped-01 (acme) state shut off" in result.text
+    assert "paused-01 (beta) paused" in result.text
+    assert "stopped-01 (acme) shut off" in result.text
 
 
 def test_totals(state_dir):

@@ -19,9 +19,14 @@ DOMAIN_STATES = {0: "nostate", 1: "running", 2: "blocked", 3: "paused", 4: "shut
 STATE_WORDS = {"nostate": "no state", "shutoff": "shut off", "shutdown": "shutting down",
                "pmsuspended": "suspended"}
 
-_PERMISSION_HINT = ("use the read-only socket (no --read-write), or let this user in: "
-                    "auth_unix_ro in libvirtd.conf, a polkit rule for "
-                    "org.libvirt.unix.monitor, or the libvirt group")
+# what lets this user in, for each socket (libvirtd.conf settings, polkit actions)
+_PERMISSION_HINTS = {
+    True: "let this user use the read-only socket: auth_unix_ro (and unix_sock_ro_perms) in "
+          "libvirtd.conf, or a polkit rule for org.libvirt.unix.monitor",
+    False: "--read-write needs the read-write socket: the libvirt group (unix_sock_group, "
+           "auth_unix_rw in libvirtd.conf) or a polkit rule for org.libvirt.unix.manage; "
+           "or leave out --read-write",
+}
 
 
 def default_uri() -> str:
@@ -48,10 +53,10 @@ def open_connection(uri: str, read_only: bool = True, unreachable: int = CRITICA
     try:
         return libvirt.openReadOnly(uri) if read_only else libvirt.open(uri)
     except libvirt.libvirtError as exc:
-        raise connect_error(exc, uri, unreachable) from None
+        raise connect_error(exc, uri, unreachable, read_only) from None
 
 
-def connect_error(exc, uri, unreachable=CRITICAL):
+def connect_error(exc, uri: str, unreachable: int = CRITICAL, read_only: bool = True) -> CheckError:
     """Map a libvirtError raised while connecting to CheckError.
 
     Unreachable (no socket, refused, no route) is `unreachable`: the daemon is not serving.
@@ -66,7 +71,8 @@ def connect_error(exc, uri, unreachable=CRITICAL):
             libvirt.VIR_ERR_AUTH_FAILED, libvirt.VIR_ERR_AUTH_CANCELLED,
             libvirt.VIR_ERR_AUTH_UNAVAILABLE, libvirt.VIR_ERR_OPERATION_DENIED,
             libvirt.VIR_ERR_ACCESS_DENIED) or "system bus" in lowered or "polkit" in lowered:
-        return CheckError(f"access to {uri} refused: {message}; {_PERMISSION_HINT}", UNKNOWN)
+        return CheckError(f"access to {uri} refused: {message}; {_PERMISSION_HINTS[read_only]}",
+                          UNKNOWN)
     if "unable to parse uri" in lowered:
         return CheckError(f"cannot use {uri}: {message}", UNKNOWN)
     if code in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_ARG) and \

@@ -10,6 +10,10 @@ memoryStats). Both paths give the same counter keys:
     disk:<dev>:<field>       rd_bytes rd_ops wr_bytes wr_ops
     net:<dev>:<field>        rx_bytes rx_packets rx_errors rx_drops, tx_... the same
 and the gauges `memory_kib` / `memory_used_kib` where the balloon driver reports them.
+
+Each sample also carries the state's reason (why a domain is paused or shut off: bulk
+`state.reason`, `dom.state()` per domain) and, for a domain paused on an I/O error, which disks
+failed and how (virDomainGetDiskErrors, allowed on a read-only connection).
 """
 import time
 from dataclasses import dataclass, field
@@ -22,6 +26,25 @@ ACTIVE_STATES = {1, 2, 3, 7}        # running, blocked, paused, pmsuspended: hav
 # ceilometer, collectd asking block or balloon stats: milliseconds): such domains are asked
 # again after these pauses, so that a run keeps every counter and every perfdata label
 RETRY_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.4)
+
+# virDomain<State>Reason, as libvirt names them (lower case): stable numbers of libvirt's ABI
+REASONS = {
+    "nostate": ("unknown",),
+    "running": ("unknown", "booted", "migrated", "restored", "from_snapshot", "unpaused",
+                "migration_canceled", "save_canceled", "wakeup", "crashed", "postcopy",
+                "postcopy_failed"),
+    "blocked": ("unknown",),
+    "paused": ("unknown", "user", "migration", "save", "dump", "ioerror", "watchdog",
+               "from_snapshot", "shutting_down", "snapshot", "crashed", "starting_up",
+               "postcopy", "postcopy_failed", "api_error"),
+    "shutdown": ("unknown", "user"),
+    "shutoff": ("unknown", "shutdown", "destroyed", "crashed", "migrated", "saved", "failed",
+                "from_snapshot", "daemon"),
+    "crashed": ("unknown", "panicked"),
+    "pmsuspended": ("unknown",),
+}
+PAUSED, PAUSED_IOERROR = 3, REASONS["paused"].index("ioerror")
+DISK_ERRORS = {1: "unspecified error", 2: "no space"}     # virDomainDiskErrorCode (0: none)
 
 _BLOCK_FIELDS = (("rd.bytes", "rd_bytes"), ("rd.reqs", "rd_ops"),
                  ("wr.bytes", "wr_bytes"), ("wr.reqs", "wr_ops"))
@@ -41,10 +64,17 @@ class DomainSample:
     counters: Dict[str, int] = field(default_factory=dict)
     gauges: Dict[str, float] = field(default_factory=dict)
     error: Optional[str] = None      # why this domain could not be measured
+    reason: int = 0                  # why it is in its state (REASONS)
+    disk_errors: Dict[str, str] = field(default_factory=dict)   # paused on I/O error: disk -> error
 
     @property
     def state_name(self):
         return DOMAIN_STATES.get(self.state, "nostate")
+
+    @property
+    def reason_name(self):
+        reasons = REASONS.get(self.state_name, ())
+        return reasons[self.reason] if 0 <= self.reason < len(reasons) else f"reason{self.reason}"
 
     @property
     def active(self):
@@ -52,14 +82,16 @@ class DomainSample:
 
 
 class Sampler:
-    def __init__(self, libvirt, conn, mode="auto", devices=None):
+    def __init__(self, libvirt, conn, mode="auto", devices=None, running_reasons=False):
         """`devices(dom)` describes a domain for the per-domain path: a dict with the target
         names of its "disks" and "nics", in which the sampler notes "balloon": False once the
-        domain answered memoryStats with nothing (no balloon driver), so as not to ask again."""
+        domain answered memoryStats with nothing (no balloon driver), so as not to ask again.
+        The per-domain path asks a running domain's reason only with `running_reasons`."""
         self.libvirt = libvirt
         self.conn = conn
         self.mode = mode
         self.devices = devices
+        self.running_reasons = running_reasons
         self.used_mode = None
 
     def sample(self):
@@ -68,9 +100,21 @@ class Sampler:
             samples, domains = self._bulk()
             if self.mode == "bulk" or not self._bulk_lacks_counters(samples):
                 self.used_mode = "bulk"
-                return samples, domains
+                return self._disk_errors(samples, domains), domains
         self.used_mode = "per-domain"
-        return self._per_domain()
+        samples, domains = self._per_domain()
+        return self._disk_errors(samples, domains), domains
+
+    def _disk_errors(self, samples, domains):
+        for uuid, sample in samples.items():
+            if sample.state == PAUSED and sample.reason == PAUSED_IOERROR:
+                try:
+                    errors = domains[uuid].diskErrors(0)
+                except self.libvirt.libvirtError:
+                    continue            # gone, or resumed meanwhile: the reason says enough
+                sample.disk_errors = {disk: DISK_ERRORS.get(code, f"error {code}")
+                                      for disk, code in sorted(errors.items()) if code}
+        return samples
 
     @staticmethod
     def _bulk_lacks_counters(samples):
@@ -91,8 +135,8 @@ class Sampler:
             records = self._complete(records, groups)
         samples, domains = {}, {}
         for dom, record, when in records:
-            sample = DomainSample(dom.UUIDString(), dom.name(), dom.ID(),
-                                  record.get("state.state", 0), when, record.get("vcpu.current"))
+            sample = DomainSample(dom.UUIDString(), dom.name(), dom.ID(), record.get("state.state", 0),
+                                  when, record.get("vcpu.current"), reason=record.get("state.reason", 0))
             if sample.active:
                 _read_record(record, sample)
             samples[sample.uuid] = sample
@@ -134,6 +178,8 @@ class Sampler:
                 uuid, name = dom.UUIDString(), dom.name()
                 state, _max_kib, _kib, vcpus, cpu_time = dom.info()
                 sample = DomainSample(uuid, name, dom.ID(), state, time.monotonic(), vcpus)
+                if state != 1 or self.running_reasons:     # one more call; a reason matters elsewhere
+                    sample.state, sample.reason = dom.state(0)
                 if sample.active:
                     sample.counters["cpu"] = cpu_time
                     self._read_devices(dom, sample)

@@ -7,16 +7,17 @@ run's sample, compare each selected instance with the limits, and tell who break
 import argparse
 import hashlib
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from . import metadata, plugin
 from .connection import STATE_WORDS, call_error, default_uri, libvirt_module, open_connection
-from .domstats import Sampler
+from .domstats import REASONS, Sampler
 from .metadata import NovaInstance
 from .perfdata import label, token
-from .rates import METRICS, comparable, gauges, rates, to_state
+from .rates import METRICS, baseline, gauges, rates, remember, to_state
 from .state import StateError, StateFile, boot_id, file_for
 from .thresholds import (COUNT_UNITS, PLAIN_UNITS, SIZE_UNITS, breach, describe_breach,
                          named_range_type)
@@ -25,17 +26,35 @@ NAME = "INSTANCES"
 STATE_NAMES = ("nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed",
                "pmsuspended")
 STATE_VERSION = 1
+# a guest that cannot run until someone acts: CRITICAL unless --state-critical says otherwise
+DEFAULT_STATE_CRITICAL = ("paused:ioerror", "paused:watchdog", "paused:crashed", "paused:postcopy_failed",
+                          "crashed", "shutoff:crashed")
+# paused by libvirt for a job that resumes it: told in the long output, never an alarm by default
+PASSING_PAUSES = ("migration", "save", "dump", "snapshot", "from_snapshot", "starting_up",
+                  "shutting_down", "postcopy")
+REASON_WORDS = {"ioerror": "I/O error", "postcopy": "post-copy", "postcopy_failed": "post-copy failed",
+                "api_error": "API error"}
 
-
-# ---------------------------------------------------------------- arguments
 
 def _states(text):
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [n for n in names if n not in STATE_NAMES]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown domain state in {text!r} (one of: {', '.join(STATE_NAMES)})")
-    return names
+    """STATE[:REASON],... with libvirt's names (e.g. paused:ioerror,crashed); a state alone
+    means any reason."""
+    specs = [part.strip() for part in text.split(",") if part.strip()]
+    if not specs:
+        raise argparse.ArgumentTypeError(f"no domain state in {text!r} (one of: {', '.join(STATE_NAMES)})")
+    for spec in specs:
+        state, _, reason = spec.partition(":")
+        if state not in STATE_NAMES:
+            raise argparse.ArgumentTypeError(
+                f"unknown domain state {state!r} in {text!r} (one of: {', '.join(STATE_NAMES)})")
+        if ":" in spec and reason not in REASONS[state]:
+            raise argparse.ArgumentTypeError(
+                f"unknown reason {reason!r} for {state} in {text!r} (one of: {', '.join(REASONS[state])})")
+    return specs
+
+
+def _state_matches(specs, inst):
+    return any(spec in (inst.state, f"{inst.state}:{inst.reason}") for spec in specs)
 
 
 def _non_negative(text):
@@ -63,9 +82,13 @@ def build_parser():
                "Sizes take K M G T (x1000) or Ki Mi Gi Ti (x1024), e.g. 50M = 50,000,000 B/s.\n"
                "Examples:\n"
                "  check_libvirt_instances -w disk_write_bytes=50M -c disk_write_bytes=100M -c cpu=95\n"
-               "  check_libvirt_instances --tenant '^acme$' -w net_rx_bytes=10M --state-critical crashed\n"
-               "Rates compare with the previous run's sample, kept in a state file; with no usable\n"
-               "sample (first run, restarted instance), the check samples twice, --interval apart.")
+               "  check_libvirt_instances --tenant '^acme$' -w net_rx_bytes=10M --state-warning paused:user\n"
+               "Rates compare with an earlier run's sample at least --min-window old, kept in a state\n"
+               "file shared by all runs on the URI; with none (first runs, restarted instance), the\n"
+               "check samples twice, --interval apart." + "\n"
+               "State reasons (libvirt's names, for STATE:REASON):\n" + "".join(
+                   f"  {state}: {' '.join(reasons)}\n" for state, reasons in REASONS.items() if len(reasons) > 1)
+               + "Paused for " + ", ".join(PASSING_PAUSES) + " (libvirt resumes it) is never an alarm by default.")
     parser.add_argument("-U", "--connect", metavar="URI", default=None,
                         help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system); read-only")
     limits = named_range_type(set(METRICS), _units_of)
@@ -80,10 +103,13 @@ def build_parser():
     parser.add_argument("--total-critical", type=limits, action="append", default=[],
                         metavar="METRIC=RANGE", help="critical range for the sum; repeatable")
     parser.add_argument("--state-warning", type=_states, action="append", default=[],
-                        metavar="STATES", help="instances in these states (comma list, e.g. "
-                        "paused,blocked) are WARNING")
+                        metavar="STATE[:REASON],...",
+                        help="instances in these states are WARNING (comma list, libvirt's state and "
+                             "reason names, e.g. paused:user,blocked; a state alone: any reason)")
     parser.add_argument("--state-critical", type=_states, action="append", default=[],
-                        metavar="STATES", help="instances in these states (e.g. crashed) are CRITICAL")
+                        metavar="STATE[:REASON],...",
+                        help="instances in these states are CRITICAL (default: "
+                             + ",".join(DEFAULT_STATE_CRITICAL) + "; given, it replaces the default)")
     select = parser.add_argument_group("selection (regular expressions, searched; excludes win)")
     for option, what in (("tenant", "tenant (project) name or uuid"), ("name", "Nova name"),
                          ("domain", "libvirt domain name or uuid")):
@@ -110,6 +136,10 @@ def build_parser():
     measuring.add_argument("--interval", type=_non_negative, default=None, metavar="SECONDS",
                            help="with no usable previous sample, sample twice this far apart within "
                                 "the run (default 1); 0: report 'collecting baseline' instead")
+    measuring.add_argument("--min-window", type=_non_negative, default=30, metavar="SECONDS",
+                           help="a rate covers at least this long: an earlier run's sample younger than "
+                                "this is not used, whatever selection stored it (default 30, for check "
+                                "intervals of 1-5 minutes)")
     measuring.add_argument("--max-age", type=_non_negative, default=1800, metavar="SECONDS",
                            help="a previous sample older than this is not used (default 1800)")
     measuring.add_argument("--metadata-ttl", type=_non_negative, default=900, metavar="SECONDS",
@@ -168,30 +198,79 @@ class Instance:
     uuid: str
     domain: str
     state: str
+    reason: str
     nova: Optional[NovaInstance]
     vcpus: Optional[int]
     values: Dict[str, float] = field(default_factory=dict)
-    problems: List[tuple] = field(default_factory=list)     # (state, text)
+    problems: List[tuple] = field(default_factory=list)     # (state, text, how far over)
     note: Optional[str] = None                               # why not (fully) measured
     label: str = ""
+    disk_errors: Dict[str, str] = field(default_factory=dict)
+    window: Optional[float] = None                           # seconds the rates cover
 
     @property
     def name(self):
-        return self.nova.name if self.nova else self.domain
+        return _collapse(self.nova.name if self.nova else self.domain)
 
     @property
     def tenant(self):
         if not self.nova:
             return "not Nova"
-        return self.nova.project_name or self.nova.project_uuid or "no owner"
+        return _collapse(self.nova.project_name or self.nova.project_uuid or "no owner")
 
     @property
     def title(self):
         return f"{self.name} ({self.tenant})"
 
+    def short_title(self, chars):
+        """The title within about `chars` characters: the name is clipped, never the tenant
+        (a name must not be able to push its tenant out of sight)."""
+        tenant = f" ({self.tenant})"
+        return _clip(self.name, max(chars - len(tenant), 12)) + tenant
+
+    @property
+    def state_text(self):
+        """As virsh says it: `paused (I/O error)`, `shut off (crashed)`, `running`."""
+        words = STATE_WORDS.get(self.state, self.state)
+        if self.reason in ("unknown", "booted", "unpaused"):       # nothing an operator needs
+            return words
+        return f"{words} ({REASON_WORDS.get(self.reason, self.reason.replace('_', ' '))})"
+
+    @property
+    def state_problem(self):
+        """A state that is an alarm, in the status line's words: `paused: I/O error on vda: no space`."""
+        words, _, reason = self.state_text.partition(" (")
+        text = f"{words}: {reason[:-1]}" if reason else words
+        if self.disk_errors:
+            text += " on " + ", ".join(f"{disk}: {error}" for disk, error in self.disk_errors.items())
+        return text
+
     @property
     def worst(self):
-        return max((state for state, _ in self.problems), default=plugin.OK)
+        return max((state for state, _, _ in self.problems), default=plugin.OK)
+
+    @property
+    def severity(self):
+        """For "worst first": the state, then how far over its limit (relative to the limit)."""
+        return (self.worst, max((excess for state, _, excess in self.problems if state == self.worst),
+                                default=0))
+
+
+def _collapse(text):
+    """Runs of spaces (Unicode's space separators: U+0020, no-break, em, ideographic...) as
+    one space. Tab, newline and the other control characters stay, for plugin.plain() to
+    show as `?`."""
+    return _SPACES.sub(" ", text).strip()
+
+
+_SPACES = re.compile("[\u0020\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+")
+
+
+def _selecting(args, inst):
+    _doing(args, "selection")
+    chosen = selected(args, inst)
+    _doing(args, "libvirtd")
+    return chosen
 
 
 def selected(args, inst):
@@ -242,7 +321,9 @@ def measure(args):
     memory = _this_boot(store.load())
     now = time.monotonic()
     names = Names(libvirt, memory.get("names"), args.metadata_ttl, now)
-    sampler = Sampler(libvirt, conn, args.stats_mode, devices=names.devices)
+    asked = [spec for group in args.state_warning + args.state_critical for spec in group]
+    sampler = Sampler(libvirt, conn, args.stats_mode, devices=names.devices,
+                      running_reasons=any(spec.startswith(("running:", "blocked:")) for spec in asked))
 
     def sample():
         try:
@@ -254,15 +335,18 @@ def measure(args):
     try:
         host_cpus = conn.getInfo()[2]
         known = (_instance(libvirt, names, uuid, domains[uuid], s) for uuid, s in samples.items())
-        chosen = [inst for inst in known if inst and selected(args, inst)]
+        chosen = [inst for inst in known if inst and _selecting(args, inst)]
+        _doing(args, "libvirtd")
     except libvirt.libvirtError as exc:
         raise call_error(exc, f"reading domains from {uri}", plugin.UNKNOWN) from None
 
-    previous = {uuid: entry for uuid, entry in (memory.get("samples") or {}).items()
-                if isinstance(entry, dict) and 0 <= now - entry.get("t", -1e18) <= args.max_age}
+    history = memory.get("history") or {}
+    previous = {i.uuid: baseline(history.get(i.uuid), samples[i.uuid], args.min_window, args.max_age)
+                for i in chosen}
     without_baseline = [i for i in chosen if samples[i.uuid].active and not samples[i.uuid].error
-                        and not comparable(previous.get(i.uuid), samples[i.uuid])]
+                        and not previous[i.uuid]]
     baseline_in_run = bool(without_baseline) and 0 < args.interval < args.timeout / 2
+    first = {}
     if baseline_in_run:
         first = samples
         time.sleep(args.interval)
@@ -271,31 +355,47 @@ def measure(args):
 
     for inst in chosen:
         _measure(inst, samples.get(inst.uuid), previous.get(inst.uuid), baseline_in_run)
-    notes = list(dict.fromkeys(store.notes + _save(store, samples, names, args.max_age)))
+    notes = list(dict.fromkeys(store.notes + _save(store, [first, samples], names, args)))
     return evaluate(args, chosen, host_cpus, sampler.used_mode, notes)
 
 
 def _number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
+def _int(value, low, high):
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value < high
+
+
+def _text(value):
+    return isinstance(value, str) and len(value) <= 4096
+
+
+# what a state file may hold, field by field: it may be damaged or edited by hand, and a value
+# of the wrong type or range must never reach the arithmetic (TypeError, OverflowError, CPU -100%)
+_NOVA_TEXT = ("project_name", "project_uuid", "user_name", "user_uuid", "flavor", "created", "namespace")
+_NOVA_NUMBERS = ("vcpus", "memory_mb")
 
 
 def _valid_sample(entry):
-    return (isinstance(entry, dict) and _number(entry.get("t")) and _int(entry.get("id"))
+    return (isinstance(entry, dict) and _number(entry.get("t")) and _int(entry.get("id"), -1, 2**31)
             and isinstance(entry.get("c"), dict)
-            and all(isinstance(k, str) and _int(v) for k, v in entry["c"].items()))
+            and all(_text(k) and _int(v, 0, 2**64) for k, v in entry["c"].items()))
+
+
+def _valid_nova(nova):
+    return (isinstance(nova, dict) and set(nova) <= set(NovaInstance.__dataclass_fields__)
+            and isinstance(nova.get("name"), str) and 0 < len(nova["name"]) <= 4096
+            and all(nova.get(k) is None or _text(nova[k]) for k in _NOVA_TEXT)
+            and all(nova.get(k) is None or _int(nova[k], 0, 10**9) for k in _NOVA_NUMBERS))
 
 
 def _valid_name(entry):
-    nova = entry.get("nova") if isinstance(entry, dict) else None
-    return (isinstance(entry, dict) and _number(entry.get("t")) and _int(entry.get("id"))
-            and all(isinstance(entry.get(k), list) and all(isinstance(d, str) for d in entry[k])
+    return (isinstance(entry, dict) and _number(entry.get("t")) and _int(entry.get("id"), -1, 2**31)
+            and all(isinstance(entry.get(k), list) and all(_text(d) for d in entry[k])
                     for k in ("disks", "nics"))
-            and (nova is None or (isinstance(nova, dict) and isinstance(nova.get("name"), str)
-                                  and set(nova) <= set(NovaInstance.__dataclass_fields__))))
+            and isinstance(entry.get("balloon", True), bool)
+            and (entry.get("nova") is None or _valid_nova(entry["nova"])))
 
 
 def _this_boot(document):
@@ -304,9 +404,14 @@ def _this_boot(document):
     are dropped."""
     if document.get("version") != STATE_VERSION or document.get("boot") != boot_id():
         return {}
-    samples, names = document.get("samples"), document.get("names")
-    document["samples"] = {u: e for u, e in samples.items() if _valid_sample(e)} \
-        if isinstance(samples, dict) else {}
+    samples, older, names = document.get("samples"), document.get("history"), document.get("names")
+    samples = samples if isinstance(samples, dict) else {}
+    older = older if isinstance(older, dict) else {}
+    # "samples": each domain's latest sample; "history": the earlier ones kept for --min-window
+    document["history"] = {
+        uuid: sorted((e for e in (older.get(uuid) if isinstance(older.get(uuid), list) else [])
+                      + [samples.get(uuid)] if _valid_sample(e)), key=lambda e: e["t"])
+        for uuid in set(samples) | set(older)}
     document["names"] = {u: e for u, e in names.items() if _valid_name(e)} \
         if isinstance(names, dict) else {}
     return document
@@ -317,13 +422,15 @@ def _measure(inst, sample, previous, baseline_in_run):
     if sample is None:
         inst.note = "vanished during the check"
         return
-    inst.state = sample.state_name
+    inst.state, inst.reason, inst.disk_errors = sample.state_name, sample.reason_name, sample.disk_errors
     if sample.error:
         inst.note = f"not measured: {sample.error}"
         return
     if not sample.active:
         return
-    inst.values = rates(previous, sample, inst.vcpus or sample.vcpus)
+    inst.values = rates(previous, sample, sample.vcpus or inst.vcpus)
+    if inst.values:
+        inst.window = sample.time - previous["t"]
     if not inst.values:
         inst.note = ("no rates (restarted or counters reset during the check)" if baseline_in_run
                      else "collecting baseline, rates from the next run")
@@ -337,38 +444,41 @@ def _instance(libvirt, names, uuid, dom, sample):
         if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             return None                      # vanished between listing and naming
         nova = None
-    return Instance(uuid, sample.name, sample.state_name, nova, (nova.vcpus if nova else None)
-                    or sample.vcpus, note=f"not measured: {sample.error}" if sample.error else None)
+    # CPU time is spent on the vCPUs the domain has now (hot-plug, a flavor's count edited
+    # by hand): the flavor's count only where libvirt gives none
+    return Instance(uuid, sample.name, sample.state_name, sample.reason_name, nova,
+                    sample.vcpus or (nova.vcpus if nova else None),
+                    note=f"not measured: {sample.error}" if sample.error else None,
+                    disk_errors=sample.disk_errors)
 
 
 def _less_complete(sample, stored, max_age):
-    """Whether `sample` lacks counters that the stored sample of the same domain run has
-    (NOWAIT left out a busy domain's block stats): keeping the stored one gives the next run
-    its rates. Only within half --max-age, so an unplugged device does not pin an old sample."""
-    return (isinstance(stored, dict) and stored.get("id") == sample.id
-            and 0 <= sample.time - stored.get("t", -1e18) <= max_age / 2
-            and not set(stored.get("c") or {}) <= set(sample.counters))
+    """Whether `sample` lacks counters that the newest stored sample of the same domain run has
+    (NOWAIT left out a busy domain's block stats): not storing it gives the next run all its
+    rates. Only within half --max-age, so an unplugged device does not pin an old sample."""
+    return (bool(stored) and stored["id"] == sample.id and 0 <= sample.time - stored["t"] <= max_age / 2
+            and not set(stored["c"]) <= set(sample.counters))
 
 
-def _save(store, samples, names, max_age):
-    """Store this run's samples and names; merge with what concurrent runs stored meanwhile."""
+def _save(store, runs, names, args):
+    """Add this run's samples (`runs`: the in-run baseline's, if any, and the last) to each
+    domain's history; merge with what concurrent runs stored meanwhile (under the lock)."""
     def change(current):
         current = _this_boot(current) or {"version": STATE_VERSION, "boot": boot_id()}
-        stored = current.get("samples") or {}
-        result = {}
+        stored = current.get("history") or {}
         now = time.monotonic()
-        for uuid, sample in samples.items():
-            theirs = stored.get(uuid)
-            if sample.counters and not (isinstance(theirs, dict) and sample.time < theirs["t"] <= now
-                                        and theirs.get("id") == sample.id) \
-                    and not _less_complete(sample, theirs, max_age):
-                result[uuid] = to_state(sample)
-            elif isinstance(theirs, dict):
-                result[uuid] = theirs
+        history = {}
+        for uuid in runs[-1]:
+            mine = [run[uuid] for run in runs if uuid in run and run[uuid].counters]
+            theirs = stored.get(uuid) or []
+            new = [to_state(s) for s in mine
+                   if not _less_complete(s, theirs[-1] if theirs else None, args.max_age)]
+            history[uuid] = remember(theirs, new, now, args.min_window, args.max_age)
+        current["samples"] = {uuid: entries[-1] for uuid, entries in history.items() if entries}
+        current["history"] = {uuid: entries[:-1] for uuid, entries in history.items() if len(entries) > 1}
         known = current.get("names") or {}
-        current["samples"] = result
         current["names"] = {uuid: names.entries.get(uuid) or known.get(uuid)
-                            for uuid in samples if names.entries.get(uuid) or known.get(uuid)}
+                            for uuid in runs[-1] if names.entries.get(uuid) or known.get(uuid)}
         return current
     try:
         store.update(change)
@@ -391,26 +501,39 @@ def _human(metric, value):
 
 
 def _judge(values, warning, critical):
+    """[(state, text, how far over the limit, relative to it)] for the values that break one."""
     problems = []
     for metric, value in values.items():
         state, limit = breach(value, warning.get(metric), critical.get(metric))
         if state:
             text = describe_breach(value, limit, lambda v, m=metric: _human(m, v))
-            problems.append((state, f"{METRICS[metric].text} {text}"))
+            problems.append((state, f"{METRICS[metric].text} {text}", _excess(value, limit)))
     return problems
+
+
+def _excess(value, limit):
+    """How far `value` is outside `limit`, relative to the bound it broke: 4.9 for 59 against
+    a limit of 10 (0 for a value inside an inverted range); a bound of 0 broken at all counts
+    as infinitely far."""
+    if limit.invert:
+        return 0.0
+    bound = limit.end if value > limit.end else limit.start
+    distance = abs(value - bound)
+    return distance / abs(bound) if bound else math.inf
 
 
 def evaluate(args, instances, host_cpus, mode, notes):
     warning, critical = dict(args.warning), dict(args.critical)
     state_warn = {s for group in args.state_warning for s in group}
-    state_crit = {s for group in args.state_critical for s in group}
+    state_crit = {s for group in args.state_critical for s in group} if args.state_critical \
+        else set(DEFAULT_STATE_CRITICAL)
     for inst in instances:
         inst.problems = _judge(inst.values, warning, critical)
-        if inst.state in state_crit:
-            inst.problems.insert(0, (plugin.CRITICAL, f"state {STATE_WORDS.get(inst.state, inst.state)}"))
-        elif inst.state in state_warn:
-            inst.problems.insert(0, (plugin.WARNING, f"state {STATE_WORDS.get(inst.state, inst.state)}"))
-        inst.problems.sort(key=lambda p: -p[0])
+        if _state_matches(state_crit, inst):
+            inst.problems.insert(0, (plugin.CRITICAL, inst.state_problem, math.inf))
+        elif _state_matches(state_warn, inst):
+            inst.problems.insert(0, (plugin.WARNING, inst.state_problem, math.inf))
+        inst.problems.sort(key=lambda p: (-p[0], -p[2]))
     instance_labels(instances)
 
     totals = {}
@@ -421,10 +544,13 @@ def evaluate(args, instances, host_cpus, mode, notes):
             totals[metric] = sum(values) / host_cpus if metric == "cpu" and host_cpus else sum(values)
     total_problems = _judge(totals, dict(args.total_warning), dict(args.total_critical))
 
-    offenders = sorted((i for i in instances if i.problems), key=lambda i: (-i.worst, i.name, i.uuid))
+    # worst first: by state, then by how far over its limit, so that neither names nor --top
+    # can hide the worst offender
+    offenders = sorted((i for i in instances if i.problems),
+                       key=lambda i: (-i.severity[0], -i.severity[1], i.name, i.uuid))
     unmeasured = [i for i in instances if i.note and i.note.startswith(("not measured", "vanished"))]
     measured = [i for i in instances if any(m != "memory" for m in i.values)]
-    overall = max([i.worst for i in offenders] + [s for s, _ in total_problems], default=plugin.OK)
+    overall = max([i.worst for i in offenders] + [s for s, _, _ in total_problems], default=plugin.OK)
     if instances and len(unmeasured) == len(instances) and overall == plugin.OK:
         overall = plugin.UNKNOWN
 
@@ -434,11 +560,14 @@ def evaluate(args, instances, host_cpus, mode, notes):
     # within limits: running ones first, then by name, so the lines keep their order run to run
     ordered = offenders + sorted((i for i in instances if not i.problems),
                                  key=lambda i: (i.state != "running", i.name, i.uuid))
-    long_output = [_line(i) for i in ordered[:args.top]]
+    long_output = [_line(i, args.verbose) for i in ordered[:args.top]]
     if len(ordered) > args.top:
-        long_output.append(f"... and {len(ordered) - args.top} more instances (--top {args.top})")
+        long_output.append(f"... and {len(ordered) - args.top} more (--top {args.top})")
     if args.verbose:
-        long_output.append(f"stats: {mode} path, {len(instances)} selected, host CPUs {host_cpus}")
+        windows = [i.window for i in instances if i.window]
+        span = f", rates over {min(windows):.1f}-{max(windows):.1f} s (--min-window {args.min_window:g})" \
+            if windows else ""
+        long_output.append(f"stats: {mode} path, {len(instances)} selected, host CPUs {host_cpus}{span}")
     report = plugin.Report(overall, summary, long_output,
                            _perfdata(args.perfdata, instances, totals, warning, critical, args))
     lighter = ((_perfdata(mode, instances, totals, warning, critical, args),   # built only if needed
@@ -452,18 +581,18 @@ def _summary(instances, offenders, total_problems, totals, unmeasured, measured)
         return "no instances match the selection"
     parts = []
     if offenders:
-        shown = "; ".join(f"{_clip(i.title, 60)} " + ", ".join(text for _, text in i.problems)
+        shown = "; ".join(f"{i.short_title(60)} " + ", ".join(text for _, text, _ in i.problems)
                           for i in offenders[:3])
         more = f"; and {len(offenders) - 3} more" if len(offenders) > 3 else ""
-        parts.append(f"{len(offenders)} of {len(instances)} instances over limits: {shown}{more}")
+        parts.append(f"{len(offenders)} of {_count(len(instances))} over limits: {shown}{more}")
     if total_problems:
-        parts.append("host total " + ", ".join(text for _, text in total_problems))
+        parts.append("host total " + ", ".join(text for _, text, _ in total_problems))
     if not parts:
         states = {}
         for inst in instances:
             states[inst.state] = states.get(inst.state, 0) + 1
         by_state = ", ".join(f"{n} {STATE_WORDS.get(s, s)}" for s, n in sorted(states.items()))
-        parts.append(f"{len(instances)} instances within limits ({by_state})")
+        parts.append(f"{_count(len(instances))} within limits ({by_state})")
         if totals:
             shown = [m for m in ("cpu", "disk_read_bytes", "disk_write_bytes", "net_rx_bytes",
                                  "net_tx_bytes") if m in totals]
@@ -476,15 +605,19 @@ def _summary(instances, offenders, total_problems, totals, unmeasured, measured)
     return "; ".join(parts)
 
 
+def _count(number):
+    return f"{number} instance" if number == 1 else f"{number} instances"
+
+
 def _clip(text, chars):
     return text if len(text) <= chars else text[:chars - 1] + "\u2026"
 
 
-def _line(inst):
+def _line(inst, verbose=0):
     state = plugin.STATE_NAMES[inst.worst]
-    where = f"[{inst.domain} {inst.uuid}, {STATE_WORDS.get(inst.state, inst.state)}]"
+    where = f"[{inst.domain} {inst.uuid}, {inst.state_text}]"
     if inst.problems:
-        detail = ", ".join(text for _, text in inst.problems)
+        detail = ", ".join(text for _, text, _ in inst.problems)
     elif inst.values:
         detail = ", ".join(f"{METRICS[m].text} {_human(m, inst.values[m])}" for m in METRICS
                            if m in inst.values)
@@ -492,6 +625,12 @@ def _line(inst):
             detail += f" ({inst.note})"
     else:
         detail = inst.note or ("not running" if inst.state not in ("running", "blocked") else "no rates")
+    if not inst.problems and inst.state == "paused":
+        detail += ("; paused by libvirt for a job that resumes it: not an alarm" if inst.reason in PASSING_PAUSES
+                   else "; paused: an alarm only if asked (--state-warning/--state-critical "
+                        f"paused:{inst.reason})")
+    if verbose and inst.window:
+        detail += f"; rates over {inst.window:.2f} s"
     return f"{state}: {inst.title} {where}: {detail}"
 
 
@@ -522,9 +661,31 @@ def _token(name, metric, value, warning, critical):
                  0, 100 if spec.kind == "percent" else None)
 
 
+class Activity:
+    """What the run is doing, in the words of a timeout: the watchdog renders it (str) when the
+    deadline fires, so the verdict names what used up -t, libvirtd or not."""
+
+    def __init__(self, args):
+        self.uri = args.connect or default_uri()
+        self.timeout = args.timeout
+        self.now = "libvirtd"
+
+    def __str__(self):
+        if self.now == "selection":
+            return (f"{self.uri}: matching the selection's regular expressions (--tenant, --name, "
+                    f"--domain, --exclude-*) took longer than {self.timeout:g} s, instances not measured")
+        return f"{self.uri}: no answer from libvirtd within {self.timeout:g} s, instances not measured"
+
+
+def _doing(args, what):
+    activity = getattr(args, "activity", None)
+    if activity:
+        activity.now = what
+
+
 def timeout_message(args):
-    uri = args.connect or default_uri()
-    return f"{uri}: no answer from libvirtd within {args.timeout:g} s, instances not measured"
+    args.activity = Activity(args)
+    return args.activity
 
 
 def main(argv=None):

@@ -356,10 +356,11 @@ def run(name: str, parser: argparse.ArgumentParser,
         check = make_check(args)
         report = report_of(check)
         max_bytes = getattr(args, "max_output", None)
-        if max_bytes:
-            lighter = lighter_perfdata(args, perfdata_of(check)) if lighter_perfdata else ()
-            report = fit(name, report, max_bytes, lighter)
-        return report
+
+        def lighter():      # a generator: run only when the output is too large
+            if lighter_perfdata:
+                yield from lighter_perfdata(args, perfdata_of(check))
+        return fit(name, report, max_bytes, lighter()) if max_bytes else report
     _answer(name, parser, measure, argv, timeout_state, timeout_message)
 
 

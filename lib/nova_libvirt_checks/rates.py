@@ -6,6 +6,10 @@ back under the same id - libvirtd hands out ids from 1 again after its own resta
 unplugged and another plugged under the same name), the domain has no rates this time, and
 the next run compares with this sample: never a negative rate, never a spike made of a whole
 counter's value, never a half set of metrics.
+
+Each domain keeps a short history of samples (state file, shared by every run on the URI
+whatever its selection), so that a rate always covers at least --min-window seconds, even when
+another run stored a sample a moment ago.
 """
 from dataclasses import dataclass
 
@@ -43,6 +47,39 @@ _BY_FIELD = {(m.device, f): m.name for m in METRICS.values() for f in m.fields}
 def to_state(sample):
     """What a later run needs of a sample."""
     return {"t": sample.time, "id": sample.id, "c": sample.counters}
+
+
+def baseline(history, sample, min_window, max_age):
+    """The sample of `history` (oldest first) to compute rates against: the newest taken at
+    least `min_window` seconds before `sample` and within `max_age`, if it belongs to the same
+    run of the domain; else None. Whatever other runs (other selections, an operator's manual
+    run) stored meanwhile, a rate so covers at least `min_window` seconds."""
+    for entry in reversed(history or ()):
+        age = sample.time - entry["t"]
+        if age >= min_window:
+            return entry if age <= max_age and comparable(entry, sample) else None
+    return None
+
+
+def remember(history, new, now, min_window, max_age):
+    """The history to keep for one domain: `history` and the `new` entries (to_state), oldest
+    first, of the newest one's run (libvirt id). Kept: the newest entry already `min_window`
+    old (later runs can always use it), the ones after it at least min_window / 4 apart, and
+    the newest; nothing from the future (a faked clock), nothing older than `max_age`."""
+    entries = sorted({e["t"]: e for e in list(history or ()) + list(new) if 0 <= now - e["t"] <= max_age}.values(),
+                     key=lambda e: e["t"])
+    if not entries:
+        return []
+    entries = [e for e in entries if e["id"] == entries[-1]["id"]]
+    old_enough = [i for i, e in enumerate(entries) if now - e["t"] >= min_window]
+    entries = entries[old_enough[-1]:] if old_enough else entries
+    kept = [entries[0]]
+    for entry in entries[1:-1]:
+        if entry["t"] - kept[-1]["t"] >= min_window / 4:
+            kept.append(entry)
+    if len(entries) > 1:
+        kept.append(entries[-1])
+    return kept
 
 
 def comparable(previous, sample):

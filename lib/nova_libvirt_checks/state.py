@@ -4,8 +4,9 @@ One private directory per user: created 0700, refused when it is a symlink or be
 someone else. Files are written to a temporary file and renamed into place under an exclusive
 lock, so a reader sees the old or the new content, never half of one; concurrent runs merge
 their updates instead of overwriting each other. A file that cannot be read or parsed means
-a fresh start, with a note, never a failed check. A file that cannot be written leaves the
-old one intact.
+a fresh start, with a note, never a failed check (JSON nested too deeply for the parser
+included). A file that cannot be written leaves the old one intact. What a check reads back
+from a usable file it still validates field by field: the file may be damaged or edited.
 """
 from __future__ import annotations
 
@@ -94,7 +95,10 @@ class StateFile:
             raw = handle.read(MAX_STATE_BYTES + 1)
         if len(raw) > MAX_STATE_BYTES:
             raise ValueError("too large")
-        document = json.loads(raw.decode("utf-8"))
+        try:
+            document = json.loads(raw.decode("utf-8"))
+        except RecursionError:
+            raise ValueError("nested too deeply") from None
         if not isinstance(document, dict):
             raise ValueError("not a JSON object")
         return document
