@@ -4,7 +4,6 @@ keystoneauth1 instead of the standard library - a v3 Password plugin whose auth 
 keystoneauth1 Session for the two GETs. The difference from baseline_nova_token.py is what
 keystoneauth1 (import, plugin, session) costs.
 """
-import json
 import os
 import sys
 

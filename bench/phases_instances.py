@@ -17,7 +17,7 @@ from nova_libvirt_checks import domstats, instances, plugin, state  # noqa: E402
 
 spent = {"import": time.perf_counter() - T0}
 for owner, name in ((instances, "open_connection"), (state.StateFile, "load"),
-                    (domstats.Sampler, "_bulk"), (domstats.Sampler, "_per_domain"),
+                    (domstats.Sampler, "_bulk"), (domstats.Sampler, "_complete"), (domstats.Sampler, "_per_domain"),
                     (instances, "_instance"), (instances, "rates"), (instances, "evaluate"),
                     (instances, "_perfdata"), (instances, "_save")):
     function = getattr(owner, name, None)
