@@ -41,7 +41,7 @@ apt-deb:
 
 $(PY): setup.py constraints.txt | apt-build
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,clouds]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,nova]'
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt ruff
 	touch $(PY)
 
@@ -76,7 +76,7 @@ sandbox-stop:
 
 install: apt-build
 	test -x $(PREFIX)/bin/python || $(PYTHON_SYS) -m venv $(PREFIX)
-	$(PREFIX)/bin/pip install -q --disable-pip-version-check -c constraints.txt '.[clouds]'
+	$(PREFIX)/bin/pip install -q --disable-pip-version-check -c constraints.txt '.[nova]'
 	$(PREFIX)/bin/pip install -q --disable-pip-version-check --no-deps --force-reinstall .
 	chmod -R a+rX $(PREFIX)
 	mkdir -p $(PLUGINDIR)

@@ -14,19 +14,24 @@ setup(
     python_requires=">=3.9",
     package_dir={"": "lib"},
     packages=["nova_libvirt_checks"],
-    scripts=["checks/check_libvirtd", "checks/check_libvirt_instances",
-             "checks/check_nova_hypervisors"],
+    # checks/ stay the executables of a checkout; an install gets console scripts
+    entry_points={"console_scripts": [
+        "check_libvirtd = nova_libvirt_checks.libvirtd:main",
+        "check_libvirt_instances = nova_libvirt_checks.instances:main",
+        "check_nova_hypervisors = nova_libvirt_checks.hypervisors:main",
+    ]},
+    # a compute node needs these only (the libvirt checks)
     install_requires=[
         "nagiosplugin>=1.3",
         "libvirt-python>=7.0",
         "lxml>=4.6",
-        "keystoneauth1>=4.0",
-        "python-novaclient>=17.0",
     ],
     extras_require={
-        # clouds.yaml / secure.yaml for --os-cloud, read by openstacksdk's loader
-        "clouds": ["openstacksdk>=1.0"],
-        "test": ["pytest>=7", "hypothesis>=6"],
+        # check_nova_hypervisors: a keystoneauth1 Session, Nova through python-novaclient,
+        # clouds.yaml / secure.yaml for --os-cloud through openstacksdk's loader
+        "nova": ["keystoneauth1>=5.0", "python-novaclient>=18.1", "openstacksdk>=0.101"],
+        "clouds": ["keystoneauth1>=5.0", "python-novaclient>=18.1", "openstacksdk>=0.101"],
+        "test": ["pytest>=7", "hypothesis>=6", "PyYAML"],
     },
     classifiers=[
         "Environment :: Console",

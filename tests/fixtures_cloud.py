@@ -286,6 +286,49 @@ class Cloud:
                 self.enable(host)
 
 
+# Flavors that boot nothing, made for the flavor-room oracle: what Nova's scheduler asks of
+# Placement for them is not just vcpus/ram/disk. Made by the fixture `extra_flavors` (not by
+# provision.py: a change of the harness files rebuilds the shared cloud, see start).
+EXTRA_FLAVORS = {  # name: vcpus, ram MB, root disk GB, ephemeral GB, swap MB, extra specs
+    "nlc.spec": (2, 1024, 10, 0, 0, {"resources:VCPU": "6", "resources:DISK_GB": "0"}),
+    "nlc.swap": (1, 512, 5, 15, 1536, {}),
+    "nlc.big-eph": (4, 4096, 100, 300, 0, {"resources:MEMORY_MB": "3000"}),
+}
+
+
+def ensure_flavors(cloud, flavors=EXTRA_FLAVORS):
+    """Create the flavors (idempotent: one of the same name and definition is kept, another
+    replaced); returns {name: id}."""
+    mv = "2.61"                      # flavors listed with their extra specs
+    r = cloud.nova("GET", "/flavors/detail?is_public=None", microversion=mv)
+    if r.status_code != 200:
+        raise CloudError(f"GET /flavors/detail: {r.status_code} {r.text[:200]}")
+    have = {f["name"]: f for f in r.json()["flavors"]}
+    ids = {}
+    for name, (vcpus, ram, disk, ephemeral, swap, specs) in flavors.items():
+        f = have.get(name)
+        same = f is not None and (f["vcpus"], f["ram"], f["disk"],
+                                  f.get("OS-FLV-EXT-DATA:ephemeral"), f.get("swap") or 0,
+                                  f.get("extra_specs") or {}) == (vcpus, ram, disk, ephemeral,
+                                                                  swap, specs)
+        if f is not None and not same:
+            cloud.nova("DELETE", f"/flavors/{f['id']}")
+        if not same:
+            r = cloud.nova("POST", "/flavors", microversion=mv, json={"flavor": {
+                "name": name, "vcpus": vcpus, "ram": ram, "disk": disk,
+                "OS-FLV-EXT-DATA:ephemeral": ephemeral, "swap": swap}})
+            if r.status_code != 200:
+                raise CloudError(f"POST /flavors {name}: {r.status_code} {r.text[:200]}")
+            f = r.json()["flavor"]
+            if specs:
+                r = cloud.nova("POST", f"/flavors/{f['id']}/os-extra_specs", microversion=mv,
+                               json={"extra_specs": specs})
+                if r.status_code != 200:
+                    raise CloudError(f"extra specs of {name}: {r.status_code} {r.text[:200]}")
+        ids[name] = f["id"]
+    return ids
+
+
 class KeystoneUser:
     """A user made by Cloud.create_user: `env` holds its OS_* variables (password auth)."""
 
@@ -332,6 +375,14 @@ def cloud():
     yield c
     if os.environ.get("NLC_CLOUD_STOP_AT_END", "") in ("1", "true", "yes"):
         subprocess.run([STOP], capture_output=True, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def extra_flavors(cloud):
+    """EXTRA_FLAVORS, made in the cloud (they boot nothing: no host's usage changes): their
+    definitions, as given to Nova."""
+    ensure_flavors(cloud)
+    return EXTRA_FLAVORS
 
 
 @pytest.fixture

@@ -82,7 +82,8 @@ def test_decimal_sizes_for_people(value, unit, text):
 
 
 def test_seconds_for_people():
-    assert [sizes.seconds(v) for v in (2, 0.5123, 1.5)] == ["2 s", "0.512 s", "1.5 s"]
+    assert [sizes.seconds(v) for v in (2, 0.5123, 1.5, 3.02197)] == \
+        ["2 s", "0.512 s", "1.500 s", "3.022 s"]
 
 
 # ---------------------------------------------------------------- perfdata labels

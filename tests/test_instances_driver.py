@@ -61,7 +61,7 @@ def test_rates_from_the_previous_run_match_the_tests_own_measurement(state_dir, 
     wall clock (disk read 50 kB/s, write 25 kB/s, net rx 100 kB/s, tx 50 kB/s, 1 s of CPU
     per second, error and drop counters stepping each second or so)."""
     rec = node_recorder
-    result, starts, ends = measure_twice(lambda *a: check(state_dir, "--perfdata", "all", *a),
+    result, starts, ends = measure_twice(lambda *a: check(state_dir, "--perfdata", "all", "--min-window", "0", *a),
                                          state_dir, rec, window=3.0)
     assert_plugin_output(result, 0)
     vcpus = {u: flavor_vcpus(rec.conn, u) for u in rec.uuids}

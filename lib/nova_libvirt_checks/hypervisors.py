@@ -1,9 +1,15 @@
 """check_nova_hypervisors: are the hypervisors up, and how much room is left in the cloud?
 
-The story of one run: log in (or reuse the cached token), list the hypervisors from Nova with
-their state and status, keep those the selection asks for, read each one's inventories and
-usages from Placement (concurrently) or Nova's legacy fields, add up the up-and-enabled ones,
-count how many instances of a flavor still fit host by host, compare with the limits, tell.
+The story of one run, on nagiosplugin's model: the arguments (build_parser); the Resource
+`Hypervisors` logs in (or reuses the cached token), lists the hypervisors from Nova, keeps
+those the selection asks for (aggregate; availability zone, taken from the compute services
+so that a disabled host stays in its zone; name), reads each one's inventories and usages
+from Placement or Nova's legacy fields (`read`), and yields the Metrics: the cloud's totals,
+the counts, each flavor's room, per-hypervisor amounts. The Contexts judge them (`contexts`:
+the cloud's limits, the down and disabled counts, each hypervisor's limits, the flavor room,
+unusable data); `HypervisorsSummary` words the status line and the long output. The modules
+below: openstack.py (session, token cache), nova.py, placement.py, capacity.py (the model,
+pure functions of hosts), errors.py (one-line errors without secrets).
 
 Nova and Placement legitimately differ, and the check says which one it used:
 - Placement capacity is (total - reserved) x allocation_ratio; Nova's legacy fields know no
@@ -11,61 +17,35 @@ Nova and Placement legitimately differ, and the check says which one it used:
   17 vCPUs on 16 at ratio 4.0: Nova 106 %, Placement 27 %).
 - Nova's memory_mb_used includes the host's reserved memory (reserved_host_memory_mb);
   Placement reports it as inventory `reserved` and counts only what instances use.
-- Nova dropped the usage fields at microversion 2.88; they are read at 2.53 (2.1 fallback).
-  2.53 also makes the hypervisor id the compute node uuid, which is its Placement resource
-  provider's uuid: no provider listing is needed.
-
-Totals, limits on the cloud and flavor room count the up-and-enabled hypervisors only: the
-capacity the scheduler can place onto. Down and disabled ones are counted and named apart.
-
-Answers are checked, not trusted (docs/faults-nova.md): a number is a JSON number, finite,
-0..2**53 (not NaN, not true, not "12"); a hypervisor whose usage data is not usable is left
-out of the totals as a whole and named with the reason (WARNING, UNKNOWN when none is
-usable); a malformed list, flavor or aggregate is UNKNOWN; paging never repeats a marker.
-
-The calls are plain GETs with microversion headers (openstack.Connection.get), not
-python-novaclient: it has no Placement client anyway, importing novaclient.v2 costs about
-60 ms more per run (measured), and its hypervisor objects add nothing to the JSON. On a warm
-run (a cached token with its catalog) they go out through the standard library without
-importing keystoneauth1 at all, else through a keystoneauth session (openstack.py says when);
-the answers, errors and messages are the same either way.
 
 The output is kept within --max-output (plugin.fit): the per-hypervisor perfdata goes first,
 then long output lines from the end.
 """
+from __future__ import annotations
+
 import argparse
-import json
-import math
 import re
 import time
-import urllib.parse
+from typing import Optional
 
-from . import plugin
-from .perfdata import Labels, label, token
+import nagiosplugin
+
+from . import plugin, sizes
+from .capacity import (RESOURCES, WORDS, Amount, FlavorError, Host, cloud_room, flavor_needs,
+                       room, totals)
+from .perfdata import label, labels_by_name
 from .thresholds import PLAIN_UNITS, SIZE_UNITS, format_number, parse_range, range_type, state_of
 
 NAME = "HYPERVISORS"
-RESOURCES = ("vcpus", "memory", "disk")
-# Placement resource class and the size of its unit in our base unit (count, bytes, bytes)
-CLASSES = {"vcpus": ("VCPU", 1), "memory": ("MEMORY_MB", 2**20), "disk": ("DISK_GB", 2**30)}
-LEGACY = {"vcpus": ("vcpus_used", "vcpus"), "memory": ("memory_mb_used", "memory_mb"),
-          "disk": ("local_gb_used", "local_gb")}
-WORDS = {"vcpus": "vCPUs", "memory": "memory", "disk": "disk"}
-NOVA_MICROVERSION = "2.53"         # the newest with the legacy usage fields and uuid ids
-FLAVOR_MICROVERSION = "2.61"       # flavors with their extra specs (resources:CLASS=N)
-PLACEMENT_MICROVERSION = "1.0"     # inventories and usages are all we need
-POOL_SIZE = 8
-NOT_THERE = object()               # what conn.get returns for a status that is an answer (404,
-                                   # 406): never a JSON body, not even `null`
 
 
 # ---------------------------------------------------------------- arguments
 
-def _fail(message):
+def _fail(message: str):
     raise argparse.ArgumentTypeError(message)
 
 
-def _has_unitless_number(spec):
+def _has_unitless_number(spec: str) -> bool:
     """Whether a size range has a non-zero number without a unit (64 instead of 64Gi)."""
     for atom in re.split(r"[:@~]", spec):
         if atom and re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)", atom) and float(atom) != 0:
@@ -73,12 +53,12 @@ def _has_unitless_number(spec):
     return False
 
 
-def _lower_bound_only(rng):
+def _lower_bound_only(rng) -> bool:
     """A threshold on an amount left (free, fits) that only alerts below a value."""
     return rng.invert or rng.end == float("inf")
 
 
-def limit_type(text):
+def limit_type(text: str) -> tuple:
     """RESOURCE=N% (% used) or RESOURCE_free=RANGE (amount left free), see the help."""
     name, sep, spec = text.partition("=")
     name, spec = name.strip(), spec.strip()
@@ -111,7 +91,7 @@ def limit_type(text):
     return name, rng
 
 
-def fits_type(text):
+def fits_type(text: str):
     try:
         rng = parse_range(text, {"": 1})
     except ValueError:
@@ -122,14 +102,14 @@ def fits_type(text):
     return rng
 
 
-def _name(text):
+def _name(text: str) -> str:
     """A flavor, aggregate or zone name: Nova has no blank ones."""
     if not text.strip():
         _fail(f"a name, not {text!r}")
     return text
 
 
-def build_parser(argv=None):
+def build_parser(argv: Optional[list] = None) -> plugin.ArgumentParser:
     parser = plugin.ArgumentParser(
         "check_nova_hypervisors",
         "Are the Nova hypervisors up and enabled, and how much room is left (vCPUs, memory, "
@@ -144,7 +124,9 @@ def build_parser(argv=None):
                      be open upwards (N:) or inverted (@...), as an alert on MORE free is a mistake
   -w/-c apply to the total of the up-and-enabled hypervisors selected; the --hypervisor-*
   forms to each of them (the worst are named). Capacity is (total - reserved) x allocation
-  ratio from Placement; used is what instances hold. Free is capacity - used.
+  ratio from Placement; used is what instances hold. Free is counted host by host: the sum
+  over the hypervisors of max(0, capacity - used), so an over-committed host hides no room
+  on the others, and free agrees with the flavor room.
 Counts (Nagios ranges): --down-* counts hypervisors that are down and enabled (default:
   --down-critical 0 unless a --down-* option is given), --disabled-* those disabled.
 Flavor room: --flavor NAME counts, host by host on up and enabled hypervisors, how many more
@@ -210,472 +192,41 @@ Examples:
     return parser
 
 
-# ---------------------------------------------------------------- the model
-
-class Amount:
-    """Used and capacity of one resource, in base units (count or bytes)."""
-
-    def __init__(self, used=0, capacity=0):
-        self.used = used
-        self.capacity = capacity
-
-    @property
-    def free(self):
-        return max(0, self.capacity - self.used)
-
-    @property
-    def percent(self):
-        # no capacity at all: no room, as full as it gets
-        return 100.0 * self.used / self.capacity if self.capacity > 0 else 100.0
-
-    def value(self, quantity):
-        return self.free if quantity.endswith("_free") else self.percent
-
-
-def _text(value):
-    """A non-blank JSON string, else None (Nova's fields as we may show and compare them)."""
-    return value if isinstance(value, str) and value.strip() else None
-
-
-def _count(value):
-    """A count or size as we may add it up: a JSON number (not a boolean), finite and between
-    0 and 2**53 (exact in a float), else None. NaN, Infinity, 400-digit numbers, "12", true,
-    -3 are not."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return value if 0 <= value <= 2**53 else None       # NaN fails both comparisons
-
-
-def _shown(value, limit=24):
-    """A field's value in a message, short, as JSON writes it (null, true, "4", NaN)."""
-    try:
-        text = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):          # not from JSON after all
-        text = repr(type(value))
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-class Hypervisor:
-    def __init__(self, record):
-        service = record.get("service") if isinstance(record.get("service"), dict) else {}
-        self.id = str(record.get("id"))
-        self.host = _text(service.get("host"))
-        self.name = _text(record.get("hypervisor_hostname")) or self.host or self.id
-        self.host = self.host or self.name
-        self.state = _text(record.get("state")) or "unknown"
-        self.status = _text(record.get("status")) or "unknown"
-        self.disabled_reason = _text(service.get("disabled_reason"))
-        self.record = record
-        self.amounts = {}         # resource -> Amount
-        self.inventory = {}       # Placement resource class -> inventory record (+ "used")
-        self.fits = {}            # flavor name -> instances that still fit
-        self.problems = []        # (state, text)
-        self.line_state = plugin.OK   # down / disabled: the state their count gave
-        self.unusable = None      # why its usage data cannot be used (a few words), if so
-
-    @property
-    def usable(self):
-        return self.state == "up" and self.status == "enabled"
-
-    @property
-    def worst(self):
-        return max((s for s, _ in self.problems), default=plugin.OK)
-
-    def condition(self):
-        words = [self.state, self.status]
-        if self.status == "disabled" and self.disabled_reason:
-            words.append(f"reason: {self.disabled_reason}")
-        return ", ".join(words)
-
-
 # ---------------------------------------------------------------- reading the cloud
 
-def run_all(tasks):
-    """Run the callables, concurrently when there are several; results in order.
+class Reading:
+    """What one run read: the selected hosts (their amounts filled), where from, the flavors."""
 
-    One keystoneauth session serves all threads: it has a valid token by now, so no thread
-    logs in on its own."""
-    if len(tasks) <= 2:
-        return [task() for task in tasks]
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(max_workers=min(POOL_SIZE, len(tasks))) as pool:
-        futures = [pool.submit(task) for task in tasks]
-        return [future.result() for future in futures]
+    def __init__(self, hosts: list[Host], source: str, microversion: str,
+                 flavors: dict[str, dict], unreported: list[Host], conn, elapsed: float):
+        self.hosts = hosts
+        self.source = source
+        self.microversion = microversion
+        self.flavors = flavors
+        self.needs = {}
+        for name, flavor in flavors.items():
+            try:
+                self.needs[name] = flavor_needs(flavor)
+            except FlavorError as exc:
+                raise plugin.CheckError(str(exc)) from None
+        self.unreported = unreported
+        self.conn = conn
+        self.elapsed = elapsed
 
+    @property
+    def usable(self) -> list[Host]:
+        return [h for h in self.hosts if h.usable]
 
-def list_hypervisors(conn, wanted):
-    """All hypervisors (following pages), at 2.53 or, on a Nova older than that, 2.1."""
-    versions = [NOVA_MICROVERSION, "2.1"] if wanted == "auto" else [wanted]
-    for version in versions:
-        path = "/os-hypervisors/detail"
-        records = []
-        markers = set()
-        while True:
-            # 406: this Nova does not have the microversion; try the next one
-            body = conn.get("compute", path, microversion=version,
-                            instead={406: NOT_THERE} if version != versions[-1] else None)
-            if body is NOT_THERE:
-                break
-            page = _field(body, "hypervisors", list, "Nova", path)
-            odd = sum(1 for record in page if not isinstance(record, dict))
-            if odd:
-                raise plugin.CheckError(f"Nova answered GET {path} with {odd} hypervisor "
-                                        f"record{'s that are' if odd > 1 else ' that is'} "
-                                        f"not {'objects' if odd > 1 else 'an object'}")
-            records.extend(page)
-            links = body.get("hypervisors_links")
-            if not page or not isinstance(links, list) or not any(
-                    isinstance(link, dict) and link.get("rel") == "next" for link in links):
-                return records, version
-            # a next page: after the last id of this one, never twice (a Nova, or a proxy,
-            # that repeats a page would otherwise be followed until the deadline)
-            marker = page[-1].get("id")
-            if not isinstance(marker, (str, int)) or isinstance(marker, bool):
-                raise plugin.CheckError(f"Nova's hypervisor list has a next page, but its last "
-                                        f"record has no id to ask for it ({_shown(marker)})")
-            if str(marker) in markers:
-                raise plugin.CheckError(f"Nova's hypervisor list does not end: the page after "
-                                        f"marker {marker} repeats it")
-            markers.add(str(marker))
-            path = f"/os-hypervisors/detail?marker={urllib.parse.quote(str(marker), safe='')}"
-    raise AssertionError("unreachable")
+    @property
+    def down(self) -> list[Host]:
+        return [h for h in self.hosts if h.down]
+
+    @property
+    def disabled(self) -> list[Host]:
+        return [h for h in self.hosts if h.disabled]
 
 
-def _field(body, key, kind, service, path):
-    value = body.get(key) if isinstance(body, dict) else None
-    if not isinstance(value, kind):
-        raise plugin.CheckError(f"{service} answered GET {path} without a {key!r} "
-                                f"{'list' if kind is list else 'object'}")
-    return value
-
-
-def find_flavors(conn, names):
-    body = conn.get("compute", "/flavors/detail?is_public=None", microversion=FLAVOR_MICROVERSION,
-                    instead={406: NOT_THERE})
-    if body is NOT_THERE:
-        body = conn.get("compute", "/flavors/detail?is_public=None", microversion="2.1")
-    flavors = [f for f in _field(body, "flavors", list, "Nova", "/flavors/detail")
-               if isinstance(f, dict)]
-    found = {}
-    for wanted in names:
-        match = [f for f in flavors if f.get("name") == wanted] or \
-            [f for f in flavors if f.get("id") == wanted]
-        if not match:
-            known = ", ".join(sorted(str(f.get("name")) for f in flavors)[:15]) or "none"
-            raise plugin.CheckError(f"no flavor named {wanted!r} in Nova (known: {known})")
-        found[wanted] = match[0]
-    return found
-
-
-def _flavor_number(flavor, key, value, blank_is_zero=False, spec=False):
-    """A flavor's size field as a count: Nova gives integers (swap: "" for none), extra specs
-    are strings of ASCII digits ("\u00b2" is a digit to str.isdigit(), not to int())."""
-    if blank_is_zero and value in ("", None):
-        return 0
-    if spec and isinstance(value, str) and value.isascii() and value.isdigit():
-        return int(value)
-    number = _count(value)
-    if number is None or number != int(number):
-        raise plugin.CheckError(f"Nova's flavor {flavor.get('name')!r} has an unusable {key}: "
-                                f"{_shown(value)}")
-    return int(number)
-
-
-def flavor_needs(flavor):
-    """What one instance of the flavor asks of Placement: {resource class: amount}.
-
-    As Nova's scheduler does: VCPU, MEMORY_MB, DISK_GB = root + ephemeral + swap (MiB, rounded
-    up to GiB), then `resources:CLASS=N` extra specs override (0 removes a class). A
-    boot-from-volume instance needs no root disk; the flavor cannot tell, so it is counted."""
-    def number(key, blank_is_zero=False):
-        return _flavor_number(flavor, key, flavor.get(key), blank_is_zero)
-    swap_gb = math.ceil(number("swap", True) / 1024)
-    needs = {"VCPU": number("vcpus"), "MEMORY_MB": number("ram"),
-             "DISK_GB": number("disk") + number("OS-FLV-EXT-DATA:ephemeral", True) + swap_gb}
-    specs = flavor.get("extra_specs")
-    if specs is None:
-        specs = {}
-    if not isinstance(specs, dict):
-        raise plugin.CheckError(f"Nova's flavor {flavor.get('name')!r} has an unusable "
-                                f"extra_specs: {_shown(specs)}")
-    for key, value in specs.items():
-        if isinstance(key, str) and key.startswith("resources:"):
-            needs[key.split(":", 1)[1]] = _flavor_number(flavor, key, value, spec=True)
-    return {rc: amount for rc, amount in needs.items() if amount > 0}
-
-
-def select(args, hypervisors, aggregates, zones):
-    chosen = []
-    for hv in hypervisors:
-        if args.hypervisor and not any(rx.search(hv.name) for rx in args.hypervisor):
-            continue
-        if any(rx.search(hv.name) for rx in args.exclude_hypervisor):
-            continue
-        if aggregates is not None and hv.host not in aggregates and hv.name not in aggregates:
-            continue
-        if zones is not None and hv.host not in zones and hv.name not in zones:
-            continue
-        chosen.append(hv)
-    return chosen
-
-
-def aggregate_hosts(conn, names):
-    body = conn.get("compute", "/os-aggregates", microversion="2.1")
-    aggregates = [a for a in _field(body, "aggregates", list, "Nova", "/os-aggregates")
-                  if isinstance(a, dict)]
-    hosts = set()
-    for name in names:
-        match = [a for a in aggregates if a.get("name") == name]
-        if not match:
-            known = ", ".join(sorted(str(a.get("name")) for a in aggregates)[:15]) or "none"
-            raise plugin.CheckError(f"no host aggregate named {name!r} (known: {known})")
-        for agg in match:
-            members = agg.get("hosts") or []
-            if not isinstance(members, list):
-                raise plugin.CheckError(f"Nova's host aggregate {name!r} has unusable hosts: "
-                                        f"{_shown(members)}")
-            hosts.update(host for host in members if isinstance(host, str))
-    return hosts
-
-
-def zone_hosts(conn, names):
-    body = conn.get("compute", "/os-availability-zone/detail", microversion="2.1")
-    zones = [z for z in _field(body, "availabilityZoneInfo", list, "Nova",
-                               "/os-availability-zone/detail") if isinstance(z, dict)]
-    hosts = set()
-    for name in names:
-        match = [z for z in zones if z.get("zoneName") == name]
-        if not match:
-            known = ", ".join(sorted(str(z.get("zoneName")) for z in zones
-                                     if z.get("zoneName") != "internal")[:15]) or "none"
-            raise plugin.CheckError(f"no availability zone named {name!r} (known: {known})")
-        for zone in match:
-            members = zone.get("hosts")
-            if isinstance(members, dict):
-                hosts.update(host for host, services in members.items()
-                             if isinstance(services, dict) and "nova-compute" in services)
-    return hosts
-
-
-def _providers(conn):
-    """{name: uuid} of Placement's resource providers (a name listed twice: None, ambiguous)."""
-    body = conn.get("placement", "/resource_providers", microversion=PLACEMENT_MICROVERSION)
-    by_name = {}
-    for p in _field(body, "resource_providers", list, "Placement", "/resource_providers"):
-        if isinstance(p, dict) and _text(p.get("name")) and _text(p.get("uuid")):
-            by_name[p["name"]] = None if p["name"] in by_name else p["uuid"]
-    return by_name
-
-
-def read_placement(conn, hypervisors, microversion):
-    """Inventories and usages of each hypervisor's resource provider, concurrently.
-
-    At 2.53 the hypervisor id is the compute node uuid, which is its provider's uuid; at 2.1
-    (or when that provider is not found) providers are matched by name. Returns the
-    hypervisors whose data cannot be used (hv.unusable says why)."""
-    pl = PLACEMENT_MICROVERSION
-    by_name = None
-    if microversion == "2.1" or not all(_looks_like_uuid(hv.id) for hv in hypervisors):
-        by_name = _providers(conn)
-
-    def provider_of(hv):
-        if by_name is not None:
-            return by_name.get(hv.name)
-        return hv.id
-
-    def fetch(hv, uuid):
-        def task():
-            if uuid is None:
-                return hv, NOT_THERE, NOT_THERE
-            base = f"/resource_providers/{urllib.parse.quote(uuid, safe='')}"
-            inv = conn.get("placement", f"{base}/inventories", microversion=pl,
-                           instead={404: NOT_THERE})
-            if inv is NOT_THERE:
-                return hv, NOT_THERE, NOT_THERE
-            use = conn.get("placement", f"{base}/usages", microversion=pl,
-                           instead={404: NOT_THERE})
-            return hv, inv, use
-        return task
-
-    results = run_all([fetch(hv, provider_of(hv)) for hv in hypervisors])
-    missing = [hv for hv, inv, _ in results if inv is NOT_THERE]
-    if missing and by_name is None:
-        # uuids did not match (an unusual deployment): look those up by name
-        names = _providers(conn)
-        retry = run_all([fetch(hv, names.get(hv.name)) for hv in missing])
-        results = [r for r in results if r[1] is not NOT_THERE] + retry
-    unreported = []
-    for hv, inv, use in results:
-        hv.unusable = ("no resource provider" if inv is NOT_THERE or use is NOT_THERE
-                       else _read_provider(hv, inv, use))
-        if hv.unusable:
-            unreported.append(hv)
-    return sorted(unreported, key=lambda h: (h.name, h.id))
-
-
-def _read_provider(hv, inv, use):
-    """Fill hv.inventory and hv.amounts from one provider's answers; or say, in a few words,
-    why they cannot be used (then nothing of them is used: a host half counted is wrong)."""
-    inventories = inv.get("inventories") if isinstance(inv, dict) else None
-    if not isinstance(inventories, dict):
-        return "inventories not an object"
-    usages = use.get("usages") if isinstance(use, dict) else None
-    if not isinstance(usages, dict):
-        return "usages not an object"
-    for rc, used in usages.items():
-        if _count(used) is None:
-            return f"{rc} usage {_shown(used)}"
-    records = {}
-    for rc, record in inventories.items():
-        if not isinstance(record, dict):
-            return f"{rc} inventory not an object"
-        if _count(record.get("total")) is None:
-            return f"{rc} total {_shown(record.get('total'))}"
-        for key in ("reserved", "min_unit", "max_unit", "step_size"):
-            if record.get(key) is not None and _count(record[key]) is None:
-                return f"{rc} {key} {_shown(record[key])}"
-        ratio = record.get("allocation_ratio")
-        if ratio is not None and not _count(ratio):            # 0 is no ratio either
-            return f"{rc} allocation_ratio {_shown(ratio)}"
-        records[rc] = dict(record, used=usages.get(rc, 0))
-    hv.inventory = records
-    for resource, (rc, unit) in CLASSES.items():
-        record = records.get(rc)
-        if record is not None:
-            hv.amounts[resource] = Amount(record["used"] * unit, _capacity(record) * unit)
-    return None
-
-
-def _capacity(record):
-    total = record.get("total") or 0
-    reserved = record.get("reserved") or 0
-    ratio = record.get("allocation_ratio")
-    ratio = 1.0 if ratio is None else ratio
-    return max(0, int((total - reserved) * ratio))     # reserved over total: no room
-
-
-def _looks_like_uuid(text):
-    return bool(re.fullmatch(r"[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}", text))
-
-
-def read_legacy(hypervisors):
-    """Nova's legacy usage fields; returns the hypervisors without usable ones (all six are
-    needed: Nova at 2.53 or older gives all, and a host half counted is wrong)."""
-    unreported = []
-    for hv in hypervisors:
-        for resource, (used_key, total_key) in LEGACY.items():
-            for key in (total_key, used_key):
-                if _count(hv.record.get(key)) is None:
-                    hv.unusable = f"{key} " + (_shown(hv.record[key]) if key in hv.record
-                                               else "missing")
-                    break
-            if hv.unusable:
-                break
-            unit = CLASSES[resource][1]
-            hv.amounts[resource] = Amount(hv.record[used_key] * unit, hv.record[total_key] * unit)
-        if hv.unusable:
-            hv.amounts = {}
-            unreported.append(hv)
-    return unreported
-
-
-def count_fits(hv, needs, source):
-    """How many more instances needing `needs` fit on this hypervisor alone."""
-    fits = []
-    for rc, need in needs.items():
-        if source == "placement":
-            record = hv.inventory.get(rc)
-            if record is None:
-                if rc == "DISK_GB":
-                    continue        # disk from a shared storage provider: not this host's
-                return 0
-            if need > (record.get("max_unit") or need) or need < (record.get("min_unit") or 1):
-                return 0
-            free = _capacity(record) - record["used"]
-        else:
-            resource = next((r for r, (c, _u) in CLASSES.items() if c == rc), None)
-            if resource is None:
-                return 0
-            if resource not in hv.amounts:
-                continue
-            amount = hv.amounts[resource]
-            free = (amount.capacity - amount.used) / CLASSES[resource][1]
-        fits.append(max(0, int(free // need)))
-    return min(fits) if fits else 0
-
-
-# ---------------------------------------------------------------- measuring
-
-def measure(args):
-    from .openstack import Connection
-    for option in ("flavor_warning", "flavor_critical"):
-        if getattr(args, option) is not None and not args.flavor:
-            raise plugin.UsageError(f"argument --{option.replace('_', '-')}: needs --flavor NAME "
-                                    f"(the flavor whose room it limits)")
-    started = time.monotonic()
-    # leave the watchdog a margin, so that a hung peer is named by our own message
-    deadline = started + max(args.timeout * 0.8, args.timeout - 0.5)
-    conn = Connection(args, deadline, app_name="check_nova_hypervisors")
-    try:
-        report = _measure(args, conn, started)
-    finally:
-        conn.save_token()
-    # a token that could not be saved is told too (the output was made before the save)
-    report.long_output.extend(note for note in conn.notes if note not in report.long_output)
-    # lines past the budget can never be shown: cut them before plugin.fit, which drops one
-    # line at a time and renders the whole output each time (over 10 s for 4000 lines at -v)
-    report.long_output = _within(report.long_output, args.max_output)
-    return plugin.fit(NAME, report, args.max_output, getattr(report, "lighter_perfdata", ()))
-
-
-def _within(lines, budget):
-    """The first of the long output lines that fit in `budget` bytes once rendered."""
-    total = 0
-    for n, line in enumerate(lines):
-        total += len(plugin.plain(line).encode("utf-8", "replace")) + 1
-        if total > budget:
-            return lines[:n]
-    return lines
-
-
-def _measure(args, conn, started):
-    conn.login()
-    source = args.source
-    if source == "auto":
-        source = "placement" if conn.has_service("placement") else "nova"
-    elif source == "placement" and not conn.has_service("placement"):
-        raise conn.missing_endpoint("placement")
-    # the first call alone: a rejected cached token means one new login, not one per thread
-    records, microversion = list_hypervisors(conn, args.nova_microversion)
-    hypervisors = sorted((Hypervisor(r) for r in records), key=lambda h: (h.name, h.id))
-
-    tasks = {}
-    if args.flavor:
-        tasks["flavors"] = lambda: find_flavors(conn, args.flavor)
-    if args.aggregate:
-        tasks["aggregates"] = lambda: aggregate_hosts(conn, args.aggregate)
-    if args.availability_zone:
-        tasks["zones"] = lambda: zone_hosts(conn, args.availability_zone)
-    found = dict(zip(tasks, run_all(list(tasks.values()))))
-    chosen = select(args, hypervisors, found.get("aggregates"), found.get("zones"))
-    if not chosen:
-        raise plugin.CheckError(f"no hypervisor matches the selection ({_selection(args)}; "
-                                f"{len(hypervisors)} hypervisors in all)")
-    if source == "placement":
-        unreported = read_placement(conn, chosen, microversion)
-    else:
-        unreported = read_legacy(chosen)
-
-    flavors = found.get("flavors") or {}
-    needs = {name: flavor_needs(flavor) for name, flavor in flavors.items()}
-    for hv in chosen:
-        if hv.usable:
-            hv.fits = {name: count_fits(hv, need, source) for name, need in needs.items()}
-    elapsed = time.monotonic() - started
-    return evaluate(args, conn, chosen, source, microversion, flavors, needs, unreported, elapsed)
-
-
-def _selection(args):
+def _selection(args: argparse.Namespace) -> str:
     parts = [f"aggregate {a}" for a in args.aggregate]
     parts += [f"availability zone {z}" for z in args.availability_zone]
     parts += [f"name ~ /{rx.pattern}/" for rx in args.hypervisor]
@@ -683,22 +234,80 @@ def _selection(args):
     return ", ".join(parts) or "all"
 
 
-# ---------------------------------------------------------------- judging and telling
+def select(args: argparse.Namespace, hosts: list[Host], aggregate_hosts: Optional[set],
+           zone_hosts: Optional[set]) -> list[Host]:
+    chosen = []
+    for h in hosts:
+        if args.hypervisor and not any(rx.search(h.name) for rx in args.hypervisor):
+            continue
+        if any(rx.search(h.name) for rx in args.exclude_hypervisor):
+            continue
+        if aggregate_hosts is not None and h.host not in aggregate_hosts \
+                and h.name not in aggregate_hosts:
+            continue
+        if zone_hosts is not None and h.host not in zone_hosts and h.name not in zone_hosts:
+            continue
+        chosen.append(h)
+    return chosen
 
-def human(resource, value):
-    if resource == "vcpus":
-        return format_number(round(value, 1))
-    gib = value / 2**30
-    if gib >= 10240:
-        return f"{gib / 1024:.1f} TiB"
-    return f"{gib:.0f} GiB" if gib >= 100 or gib == int(gib) else f"{gib:.1f} GiB"
+
+def read(args: argparse.Namespace, conn, started: float) -> Reading:
+    """Log in, list, select, read usage: a Reading."""
+    from .nova import Nova, read_legacy
+    from .placement import Placement, run_all
+    conn.login()
+    source = args.source
+    if source == "auto":
+        source = "placement" if conn.has_service("placement") else "nova"
+    elif source == "placement" and not conn.has_service("placement"):
+        raise conn.missing_endpoint("placement")
+    nova = Nova(conn)
+    # the first call alone: a rejected cached token means one new login, not one per thread
+    hosts, microversion = nova.hypervisors(args.nova_microversion)
+    tasks = {}
+    if args.flavor:
+        tasks["flavors"] = lambda: nova.flavors(args.flavor)
+    if args.aggregate:
+        tasks["aggregates"] = lambda: nova.aggregate_hosts(args.aggregate)
+    if args.availability_zone:
+        tasks["zones"] = lambda: nova.zone_hosts(args.availability_zone)
+    found = dict(zip(tasks, run_all(list(tasks.values()))))
+    chosen = select(args, hosts, found.get("aggregates"), found.get("zones"))
+    if not chosen:
+        raise plugin.CheckError(f"no hypervisor matches the selection ({_selection(args)}; "
+                                f"{len(hosts)} hypervisors in all)")
+    if source == "placement":
+        unreported = Placement(conn).read(chosen, microversion)
+    else:
+        unreported = read_legacy(chosen)
+    return Reading(chosen, source, microversion, found.get("flavors") or {}, unreported, conn,
+                   time.monotonic() - started)
 
 
-def percent_text(value):
-    return f"{value:.0f}%" if value >= 10 or value == 0 else f"{value:.1f}%"
+# ---------------------------------------------------------------- judging
+
+class Limits:
+    """The limits of the command line, the last value given per quantity winning."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.cloud_warning, self.cloud_critical = dict(args.warning), dict(args.critical)
+        self.host_warning = dict(args.hypervisor_warning)
+        self.host_critical = dict(args.hypervisor_critical)
+        self.down_warning, self.down_critical = args.down_warning, args.down_critical
+        if self.down_warning is None and self.down_critical is None:
+            self.down_critical = parse_range("0")
+        self.disabled_warning = args.disabled_warning
+        self.disabled_critical = args.disabled_critical
+        self.fit_warning, self.fit_critical = args.flavor_warning, args.flavor_critical
+        if self.fit_warning is None and self.fit_critical is None:
+            self.fit_critical = parse_range("1:")
 
 
-def describe_limit(quantity, value, rng):
+def human(resource: str, value: float) -> str:
+    return sizes.count(value) if resource == "vcpus" else sizes.size(value)
+
+
+def describe_limit(quantity: str, value: float, rng) -> str:
     """'vCPUs 85% used > 80%' / 'memory 40 GiB free < 64 GiB'."""
     resource = quantity[:-5] if quantity.endswith("_free") else quantity
     if quantity.endswith("_free"):
@@ -715,7 +324,12 @@ def describe_limit(quantity, value, rng):
     return f"{what} < {bound(rng.start)}"
 
 
-def judge(amounts, warning, critical):
+def _quantity_order(quantity: str):
+    resource = quantity[:-5] if quantity.endswith("_free") else quantity
+    return RESOURCES.index(resource), quantity
+
+
+def judge_amounts(amounts: dict[str, Amount], warning: dict, critical: dict) -> list:
     """Problems of one set of amounts against limits: [(state, text)], worst first."""
     problems = []
     for quantity in sorted(set(warning) | set(critical), key=_quantity_order):
@@ -733,258 +347,370 @@ def judge(amounts, warning, critical):
     return problems
 
 
-def _quantity_order(quantity):
-    resource = quantity[:-5] if quantity.endswith("_free") else quantity
-    return RESOURCES.index(resource), quantity
-
-
-def _limits(pairs):
-    """The last value given per quantity wins."""
-    return dict(pairs)
-
-
-def evaluate(args, conn, chosen, source, microversion, flavors, needs, unreported, elapsed):
-    usable = [hv for hv in chosen if hv.usable]
-    down = [hv for hv in chosen if hv.state != "up" and hv.status == "enabled"]
-    disabled = [hv for hv in chosen if hv.status != "enabled"]
-
-    totals = {}
-    for resource in RESOURCES:
-        reporting = [hv.amounts[resource] for hv in usable if resource in hv.amounts]
-        if reporting or not usable:
-            totals[resource] = Amount(sum(a.used for a in reporting),
-                                      sum(a.capacity for a in reporting))
-
-    warning, critical = _limits(args.warning), _limits(args.critical)
-    hv_warning, hv_critical = _limits(args.hypervisor_warning), _limits(args.hypervisor_critical)
-    problems = []                                   # (state, text) for the status line
-    for state, text in judge(totals, warning, critical):
-        problems.append((state, f"cloud {text}" if usable else f"{text} (no usable hypervisor)"))
-
-    # counts
-    down_warn, down_crit = args.down_warning, args.down_critical
-    if down_warn is None and down_crit is None:
-        down_crit = parse_range("0")
-    down_state = state_of(len(down), down_warn, down_crit)
-    if down_state:
-        problems.append((down_state, f"{len(down)} of {plural(len(chosen), 'hypervisor')}"
-                         f" down: {_names(down)}"))
-    disabled_state = state_of(len(disabled), args.disabled_warning, args.disabled_critical)
-    if disabled_state:
-        problems.append((disabled_state, f"{len(disabled)} of {plural(len(chosen), 'hypervisor')}"
-                         f" disabled: {_names(disabled)}"))
-    for hv in down:
-        hv.line_state = down_state
-    for hv in disabled:
-        hv.line_state = disabled_state
-
-    # per hypervisor
-    if hv_warning or hv_critical:
-        for hv in usable:
-            hv.problems = judge(hv.amounts, hv_warning, hv_critical)
-        offenders = sorted((hv for hv in usable if hv.problems),
-                           key=lambda h: (-h.worst, _badness(h), h.name))
-        if offenders:
-            shown = "; ".join(f"{hv.name} " + ", ".join(t for _, t in hv.problems)
-                              for hv in offenders[:3])
-            more = f"; and {len(offenders) - 3} more" if len(offenders) > 3 else ""
-            problems.append((offenders[0].worst, f"{len(offenders)} of "
-                             f"{plural(len(usable), 'hypervisor')} over limits: {shown}{more}"))
-
-    # flavors
-    fits = {name: sum(hv.fits.get(name, 0) for hv in usable) for name in flavors}
-    fit_warn, fit_crit = args.flavor_warning, args.flavor_critical
-    if fit_warn is None and fit_crit is None:
-        fit_crit = parse_range("1:")
-    for name in flavors:
-        state = state_of(fits[name], fit_warn, fit_crit)
-        if state:
-            limit = fit_crit if state == plugin.CRITICAL else fit_warn
-            problems.append((state, f"room for {fits[name]} more {name}, "
-                             + (f"fewer than {format_number(limit.start)}" if not limit.invert
-                                else f"inside {format_number(limit.start)}.."
-                                     f"{format_number(limit.end)}")))
-
-    if unreported:
-        text = (f"{plural(len(unreported), 'hypervisor')} without usable data in "
-                f"{'Placement' if source == 'placement' else 'Nova'}: "
-                + ", ".join(f"{hv.name} ({hv.unusable})" for hv in unreported[:5])
-                + (f" and {len(unreported) - 5} more" if len(unreported) > 5 else ""))
-        problems.append((plugin.WARNING if len(unreported) < len(chosen) else plugin.UNKNOWN, text))
-
-    problems.sort(key=lambda p: -p[0])
-    overall = max((s for s, _ in problems), default=plugin.OK)
-    summary = _summary(chosen, usable, down, disabled, totals, fits, source)
-    if problems:
-        summary = "; ".join(text for _, text in problems) + " - " + summary
-
-    long_output = _long_output(args, conn, chosen, usable, totals, flavors, needs, fits, source,
-                               microversion, elapsed)
-    perfdata = _perfdata(args, chosen, usable, down, disabled, totals, fits, warning, critical,
-                         hv_warning, hv_critical, down_warn, down_crit, fit_warn, fit_crit)
-    report = plugin.Report(overall, summary, long_output, perfdata)
-    # for plugin.fit, made only if the output is too large: the cloud's perfdata alone
-    report.lighter_perfdata = (
-        (_perfdata(args, chosen, usable, down, disabled, totals, fits, warning, critical,
-                   hv_warning, hv_critical, down_warn, down_crit, fit_warn, fit_crit,
-                   per_hypervisor=False),
-         f"(per-hypervisor perfdata left out to stay under {args.max_output} bytes)")
-        for _ in range(1 if args.perfdata_per_hypervisor else 0))
-    return report
-
-
-def plural(count, word):
+def plural(count: int, word: str) -> str:
     return f"{count} {word}" + ("" if count == 1 else "s")
 
 
-def _badness(hv):
-    return -max((a.percent for a in hv.amounts.values()), default=0)
+def _names(hosts: list[Host], limit: int = 5) -> str:
+    names = ", ".join(h.name for h in hosts[:limit])
+    return names + (f" and {len(hosts) - limit} more" if len(hosts) > limit else "")
 
 
-def _names(hypervisors, limit=5):
-    names = ", ".join(hv.name for hv in hypervisors[:limit])
-    return names + (f" and {len(hypervisors) - limit} more" if len(hypervisors) > limit else "")
+# ---------------------------------------------------------------- the Resource
 
+class Hypervisors(nagiosplugin.Resource):
+    """The cloud's hypervisors as the selection and source see them: probe() reads them
+    (Reading) and yields the Metrics - the cloud's totals per resource, the counts, the room
+    for each flavor, per-hypervisor amounts - each for the Context of its name to judge."""
 
-def _summary(chosen, usable, down, disabled, totals, fits, source):
-    head = f"{len(usable)} of {plural(len(chosen), 'hypervisor')} up and enabled"
-    extra = []
-    if down:
-        extra.append(f"{len(down)} down")
-    if disabled:
-        extra.append(f"{len(disabled)} disabled")
-    if extra:
-        head += f" ({', '.join(extra)})"
-    parts = [head]
-    if not usable:
-        parts.append("no usable capacity")
-    else:
-        shown = [f"{WORDS[r]} {human(r, totals[r].used)} of {human(r, totals[r].capacity)} used "
-                 f"({percent_text(totals[r].percent)})" for r in RESOURCES if r in totals]
-        if shown:
-            parts.append(", ".join(shown))
-    if fits:
-        parts.append(", ".join(f"room for {n} more {name}" for name, n in fits.items()))
-    return "; ".join(parts) + f" [{source}]"
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.reading: Optional[Reading] = None
+        self.totals: dict[str, Amount] = {}
+        self.rooms: dict[int, dict[str, int]] = {}      # id(host) -> {flavor: room}
+        self.fits: dict[str, int] = {}
+        self.flavor_of_metric: dict[str, str] = {}      # fits_<label> -> flavor name
+        self.host_problems: dict[int, list] = {}        # filled by HostLimitsContext
+        self.labels: dict[int, str] = {}
 
+    def probe(self):
+        from .openstack import Connection
+        args = self.args
+        started = time.monotonic()
+        # leave the watchdog a margin, so that a hung peer is named by our own message
+        deadline = started + max(args.timeout * 0.8, args.timeout - 0.5)
+        conn = Connection(args, deadline, app_name="check_nova_hypervisors")
+        try:
+            reading = read(args, conn, started)
+        finally:
+            conn.save_token()
+        self.reading = reading
+        self.totals = totals(reading.hosts)
+        self.rooms = {id(h): {name: room(h, need, reading.source)
+                              for name, need in reading.needs.items()} for h in reading.usable}
+        self.fits = {name: cloud_room(reading.hosts, need, reading.source)
+                     for name, need in reading.needs.items()}
 
-def _hv_line(hv, source):
-    state = plugin.STATE_NAMES[max(hv.worst, hv.line_state)]
-    details = []
-    for resource in RESOURCES:
-        amount = hv.amounts.get(resource)
-        if amount is not None:
-            details.append(f"{WORDS[resource]} {human(resource, amount.used)}/"
-                           f"{human(resource, amount.capacity)} ({percent_text(amount.percent)})")
-    if hv.fits:
-        details.append(", ".join(f"room for {n} {name}" for name, n in hv.fits.items()))
-    text = f"{state}: {hv.name} [{hv.condition()}]"
-    if hv.problems:
-        text += ": " + ", ".join(t for _, t in hv.problems) + " -"
-    return text + (": " if not hv.problems else " ") + (
-        ", ".join(details) or (f"no usable data ({hv.unusable})" if hv.unusable
-                               else "no usage reported"))
-
-
-def _long_output(args, conn, chosen, usable, totals, flavors, needs, fits, source, microversion,
-                 elapsed):
-    lines = []
-    if usable:
+        limited = set(args.warning and dict(args.warning)) | set(args.critical and
+                                                                  dict(args.critical))
         for resource in RESOURCES:
-            if resource in totals:
-                t = totals[resource]
-                lines.append(f"cloud {WORDS[resource]}: {human(resource, t.used)} used of "
-                             f"{human(resource, t.capacity)} ({percent_text(t.percent)}), "
-                             f"{human(resource, t.free)} free")
-    for name, flavor in flavors.items():
-        need = ", ".join(f"{rc} {n}" for rc, n in sorted(needs[name].items()))
-        hosts = sum(1 for hv in usable if hv.fits.get(name))
-        lines.append(f"flavor {name} ({need}): room for {fits[name]} more, "
-                     f"on {plural(hosts, 'hypervisor')}")
-    shown = chosen if args.verbose else [hv for hv in chosen if hv.problems or not hv.usable]
-    lines.extend(_hv_line(hv, source) for hv in shown)
-    if args.verbose:
-        from .openstack import describe
-        ratio_note = ("capacity = (total - reserved) x allocation ratio" if source == "placement"
-                      else "legacy fields: no allocation ratio, memory used includes the host "
-                           "reservation")
-        lines.append(f"source: {source} ({ratio_note}); Nova microversion {microversion}; "
-                     f"{plural(len(conn.requests), 'HTTP request')} in {elapsed:.3f} s")
-        lines.append("connection: " + describe(conn))
-        lines.extend(conn.notes)
-    elif conn.notes:
-        lines.extend(conn.notes)
-    if args.verbose >= 2:
-        for method, url, status, seconds in list(conn.requests):
-            lines.append(f"request: {method} {url} -> {status} in {seconds * 1000:.0f} ms")
-    return lines
+            a = self.totals.get(resource)
+            if a is None:
+                if {resource, f"{resource}_free"} & limited:
+                    yield nagiosplugin.Metric(f"{resource}_missing", 0, context="not reported")
+                continue
+            uom = "" if resource == "vcpus" else "B"
+            yield nagiosplugin.Metric(f"{resource}_used", a.used, uom, min=0, max=a.capacity,
+                                      context="amount")
+            yield nagiosplugin.Metric(f"{resource}_capacity", a.capacity, uom, min=0,
+                                      context="amount")
+            yield nagiosplugin.Metric(f"{resource}_free", a.free, uom, min=0, max=a.capacity)
+            yield nagiosplugin.Metric(f"{resource}_used_pct", round(a.percent, 2), "%", min=0,
+                                      max=100)
+        yield nagiosplugin.Metric("hypervisors", len(reading.hosts), min=0, context="amount")
+        yield nagiosplugin.Metric("hypervisors_usable", len(reading.usable), min=0,
+                                  context="amount")
+        yield nagiosplugin.Metric("hypervisors_down", len(reading.down), min=0)
+        yield nagiosplugin.Metric("hypervisors_disabled", len(reading.disabled), min=0)
+        if args.hypervisor_warning or args.hypervisor_critical:
+            yield nagiosplugin.Metric("hypervisors_over_limits", len(reading.usable),
+                                      context="hypervisor limits")
+        for name, n in self.fits.items():
+            metric = f"fits_{label(name)}"
+            self.flavor_of_metric[metric] = name
+            yield nagiosplugin.Metric(metric, n, min=0, context="fits")
+        if reading.unreported:
+            yield nagiosplugin.Metric("hypervisors_unreported", len(reading.unreported),
+                                      context="unreported")
+        if args.perfdata_per_hypervisor:
+            self.labels = labels_by_name((id(h), h.name, h.id) for h in reading.hosts)
+            for h in reading.hosts:
+                for resource in RESOURCES:
+                    amount = h.amounts.get(resource)
+                    if amount is None:
+                        continue
+                    uom = "" if resource == "vcpus" else "B"
+                    base = f"{self.labels[id(h)]}.{resource}"
+                    yield nagiosplugin.Metric(f"{base}_used", amount.used, uom, min=0,
+                                              max=amount.capacity, context="host amount")
+                    yield nagiosplugin.Metric(f"{base}_used_pct", round(amount.percent, 2), "%",
+                                              min=0, max=100, context=f"host {resource}_used_pct")
 
 
-def _perfdata(args, chosen, usable, down, disabled, totals, fits, warning, critical,
-              hv_warning, hv_critical, down_warn, down_crit, fit_warn, fit_crit,
-              per_hypervisor=True):
-    tokens = []
+# ---------------------------------------------------------------- the Contexts
+
+_STATES = {plugin.OK: nagiosplugin.Ok, plugin.WARNING: nagiosplugin.Warn,
+           plugin.CRITICAL: nagiosplugin.Critical, plugin.UNKNOWN: nagiosplugin.Unknown}
+
+
+class LimitContext(nagiosplugin.Context):
+    """A Metric against a warning and a critical range, the breach worded by `hint(value,
+    range, resource)`; its perfdata carries the ranges. No range: nothing to judge."""
+
+    def __init__(self, name: str, warning=None, critical=None, hint=None, judge: bool = True):
+        super().__init__(name)
+        self.warning, self.critical = warning, critical
+        self.hint = hint
+        self.judge = judge
+
+    def evaluate(self, metric, resource):
+        state = state_of(metric.value, self.warning, self.critical) if self.judge else 0
+        if not state:
+            return self.result_cls(nagiosplugin.Ok, None, metric)
+        limit = self.critical if state == plugin.CRITICAL else self.warning
+        return self.result_cls(_STATES[state], self.hint(metric, limit, resource), metric)
+
+    def performance(self, metric, resource):
+        return nagiosplugin.Performance(metric.name, metric.value, metric.uom or "",
+                                        self.warning, self.critical, metric.min, metric.max)
+
+
+class HostLimitsContext(nagiosplugin.Context):
+    """Each usable hypervisor against --hypervisor-warning/--hypervisor-critical: the
+    offenders, worst first, named in one breach (the first three)."""
+
+    def __init__(self, warning: dict, critical: dict):
+        super().__init__("hypervisor limits")
+        self.warning, self.critical = warning, critical
+
+    def evaluate(self, metric, resource):
+        usable = resource.reading.usable
+        for h in usable:
+            resource.host_problems[id(h)] = judge_amounts(h.amounts, self.warning, self.critical)
+
+        def worst(h):
+            return max((s for s, _ in resource.host_problems[id(h)]), default=plugin.OK)
+
+        def badness(h):
+            return -max((a.percent for a in h.amounts.values()), default=0)
+        offenders = sorted((h for h in usable if resource.host_problems[id(h)]),
+                           key=lambda h: (-worst(h), badness(h), h.name))
+        if not offenders:
+            return self.result_cls(nagiosplugin.Ok, None, metric)
+        shown = "; ".join(f"{h.name} " + ", ".join(t for _, t in resource.host_problems[id(h)])
+                          for h in offenders[:3])
+        more = f"; and {len(offenders) - 3} more" if len(offenders) > 3 else ""
+        return self.result_cls(_STATES[worst(offenders[0])],
+                               f"{len(offenders)} of {plural(len(usable), 'hypervisor')} over "
+                               f"limits: {shown}{more}", metric)
+
+
+class UnreportedContext(nagiosplugin.Context):
+    """Hypervisors whose usage data cannot be used: WARNING, UNKNOWN when it is all of them."""
+
+    def evaluate(self, metric, resource):
+        reading = resource.reading
+        unreported = reading.unreported
+        text = (f"{plural(len(unreported), 'hypervisor')} without usable data in "
+                f"{'Placement' if reading.source == 'placement' else 'Nova'}: "
+                + ", ".join(f"{h.name} ({h.unusable})" for h in unreported[:5])
+                + (f" and {len(unreported) - 5} more" if len(unreported) > 5 else ""))
+        state = nagiosplugin.Warn if len(unreported) < len(reading.hosts) else nagiosplugin.Unknown
+        return self.result_cls(state, text, metric)
+
+
+class NotReportedContext(nagiosplugin.Context):
+    """A limit on a resource no usable hypervisor reports: nothing to compare, UNKNOWN."""
+
+    def evaluate(self, metric, resource):
+        return self.result_cls(nagiosplugin.Unknown,
+                               f"{WORDS[metric.name[:-len('_missing')]]} not reported", metric)
+
+
+def _cloud_hint(quantity: str):
+    def hint(metric, limit, resource):
+        text = describe_limit(quantity, metric.value, limit)
+        return f"cloud {text}" if resource.reading.usable else f"{text} (no usable hypervisor)"
+    return hint
+
+
+def _count_hint(word: str):
+    def hint(metric, limit, resource):
+        hosts = getattr(resource.reading, word)
+        return (f"{len(hosts)} of {plural(len(resource.reading.hosts), 'hypervisor')} {word}: "
+                f"{_names(hosts)}")
+    return hint
+
+
+def _fits_hint(metric, limit, resource) -> str:
+    name = resource.flavor_of_metric[metric.name]
+    return (f"room for {metric.value} more {name}, "
+            + (f"fewer than {format_number(limit.start)}" if not limit.invert
+               else f"inside {format_number(limit.start)}..{format_number(limit.end)}"))
+
+
+def contexts(args: argparse.Namespace) -> list[nagiosplugin.Context]:
+    limits = Limits(args)
+    found = [plugin.ThresholdContext("amount"), plugin.ThresholdContext("host amount"),
+             NotReportedContext("not reported"), UnreportedContext("unreported")]
     for resource in RESOURCES:
-        if resource not in totals:
-            continue
-        t = totals[resource]
-        uom = "" if resource == "vcpus" else "B"
-        tokens.append(token(f"{resource}_used", t.used, uom, None, None, 0, t.capacity))
-        tokens.append(token(f"{resource}_capacity", t.capacity, uom, None, None, 0))
-        tokens.append(token(f"{resource}_free", t.free, uom, warning.get(f"{resource}_free"),
-                            critical.get(f"{resource}_free"), 0, t.capacity))
-        tokens.append(token(f"{resource}_used_pct", round(t.percent, 2), "%",
-                            warning.get(resource), critical.get(resource), 0, 100))
-    tokens.append(token("hypervisors", len(chosen), "", None, None, 0))
-    tokens.append(token("hypervisors_usable", len(usable), "", None, None, 0))
-    tokens.append(token("hypervisors_down", len(down), "", down_warn, down_crit, 0))
-    tokens.append(token("hypervisors_disabled", len(disabled), "", args.disabled_warning,
-                        args.disabled_critical, 0))
-    for name, count in fits.items():
-        tokens.append(token(f"fits_{label(name)}", count, "", fit_warn, fit_crit, 0))
-    if args.perfdata_per_hypervisor and per_hypervisor:
-        keys = _label_keys(chosen)
-        labels = Labels(keys.values())
-        for hv in chosen:
+        for quantity in (f"{resource}_free", resource):
+            name = quantity if quantity.endswith("_free") else f"{resource}_used_pct"
+            found.append(LimitContext(name, limits.cloud_warning.get(quantity),
+                                      limits.cloud_critical.get(quantity), _cloud_hint(quantity)))
+        # per-hypervisor % used: its limits shown in the perfdata, judged by HostLimitsContext
+        found.append(LimitContext(f"host {resource}_used_pct", limits.host_warning.get(resource),
+                                  limits.host_critical.get(resource), judge=False))
+    found.append(LimitContext("hypervisors_down", limits.down_warning, limits.down_critical,
+                              _count_hint("down")))
+    found.append(LimitContext("hypervisors_disabled", limits.disabled_warning,
+                              limits.disabled_critical, _count_hint("disabled")))
+    found.append(HostLimitsContext(limits.host_warning, limits.host_critical))
+    found.append(LimitContext("fits", limits.fit_warning, limits.fit_critical, _fits_hint))
+    return found
+
+
+# ---------------------------------------------------------------- the Summary
+
+def _rank(name: str) -> tuple:
+    """The order of the breaches in the status line (within a state): the cloud's limits by
+    resource (% used before free), the counts, the hypervisors, the flavors, missing data."""
+    for n, resource in enumerate(RESOURCES):
+        if name in (f"{resource}_used_pct", f"{resource}_missing"):
+            return (0, n, 0)
+        if name == f"{resource}_free":
+            return (0, n, 1)
+    order = ["hypervisors_down", "hypervisors_disabled", "hypervisors_over_limits"]
+    if name in order:
+        return (1, order.index(name), 0)
+    return (2 if name.startswith("fits_") else 3, 0, 0)
+
+
+class HypervisorsSummary(nagiosplugin.Summary):
+    """The status line: the breaches, worst first, then the hypervisors and the cloud's use;
+    the long output: the cloud's totals and free room, each flavor's room, the hypervisors
+    (all at -v, else those with a problem or not usable), the connection at -v."""
+
+    def __init__(self, cloud: Hypervisors, verbose: int = 0):
+        self.cloud = cloud
+        self.verbose_level = verbose
+
+    def ok(self, results) -> str:
+        cloud = self.cloud
+        reading, t = cloud.reading, cloud.totals
+        if reading is None:
+            return ""
+        hosts, usable = reading.hosts, reading.usable
+        head = f"{len(usable)} of {plural(len(hosts), 'hypervisor')} up and enabled"
+        extra = []
+        if reading.down:
+            extra.append(f"{len(reading.down)} down")
+        if reading.disabled:
+            extra.append(f"{len(reading.disabled)} disabled")
+        if extra:
+            head += f" ({', '.join(extra)})"
+        parts = [head]
+        if not usable:
+            parts.append("no usable capacity")
+        else:
+            shown = [f"{WORDS[r]} {human(r, t[r].used)} of {human(r, t[r].capacity)} used "
+                     f"({sizes.percent(t[r].percent)})" for r in RESOURCES if r in t]
+            if shown:
+                parts.append(", ".join(shown))
+        if cloud.fits:
+            parts.append(", ".join(f"room for {n} more {name}" for name, n in cloud.fits.items()))
+        return "; ".join(parts) + f" [{reading.source}]"
+
+    def problem(self, results) -> str:
+        breaches = sorted((r for r in results if r.state != nagiosplugin.Ok and r.hint),
+                          key=lambda r: (-r.state.code, _rank(r.metric.name if r.metric else "")))
+        text = "; ".join(r.hint for r in breaches)
+        ok = self.ok(results)
+        return f"{text} - {ok}" if ok else text
+
+    def _line_state(self, results, host: Host) -> int:
+        state = max((s for s, _ in self.cloud.host_problems.get(id(host), ())),
+                    default=plugin.OK)
+        for word, name in (("down", "hypervisors_down"), ("disabled", "hypervisors_disabled")):
+            if getattr(host, word) and name in results:
+                state = max(state, results[name].state.code)
+        return state
+
+    def host_line(self, results, host: Host) -> str:
+        details = []
+        for resource in RESOURCES:
+            amount = host.amounts.get(resource)
+            if amount is not None:
+                details.append(f"{WORDS[resource]} {human(resource, amount.used)}/"
+                               f"{human(resource, amount.capacity)} "
+                               f"({sizes.percent(amount.percent)})")
+        rooms = self.cloud.rooms.get(id(host))
+        if rooms:
+            details.append(", ".join(f"room for {n} {name}" for name, n in rooms.items()))
+        problems = self.cloud.host_problems.get(id(host))
+        text = f"{plugin.STATE_NAMES[self._line_state(results, host)]}: {host.name} " \
+               f"[{host.condition()}]"
+        if problems:
+            text += ": " + ", ".join(t for _, t in problems) + " -"
+        return text + (": " if not problems else " ") + (
+            ", ".join(details) or (f"no usable data ({host.unusable})" if host.unusable
+                                   else "no usage reported"))
+
+    def verbose(self, results) -> list[str]:
+        cloud = self.cloud
+        reading, t = cloud.reading, cloud.totals
+        if reading is None:
+            return []
+        conn, verbose = reading.conn, self.verbose_level
+        lines = []
+        if reading.usable:
             for resource in RESOURCES:
-                amount = hv.amounts.get(resource)
-                if amount is None:
-                    continue
-                uom = "" if resource == "vcpus" else "B"
-                base = f"{labels[keys[id(hv)]]}.{resource}"
-                tokens.append(token(f"{base}_used", amount.used, uom, None, None, 0,
-                                    amount.capacity))
-                tokens.append(token(f"{base}_used_pct", round(amount.percent, 2), "%",
-                                    hv_warning.get(resource), hv_critical.get(resource), 0, 100))
-    return tokens
+                if resource in t:
+                    a = t[resource]
+                    lines.append(f"cloud {WORDS[resource]}: {human(resource, a.used)} used of "
+                                 f"{human(resource, a.capacity)} ({sizes.percent(a.percent)}), "
+                                 f"{human(resource, a.free)} free")
+        for name in reading.flavors:
+            need = ", ".join(f"{rc} {n}" for rc, n in sorted(reading.needs[name].items()))
+            hosts = sum(1 for rooms in cloud.rooms.values() if rooms.get(name))
+            lines.append(f"flavor {name} ({need}): room for {cloud.fits[name]} more, "
+                         f"on {plural(hosts, 'hypervisor')}")
+        shown = reading.hosts if verbose else [
+            h for h in reading.hosts if cloud.host_problems.get(id(h)) or not h.usable]
+        lines.extend(self.host_line(results, h) for h in shown)
+        if verbose:
+            ratio_note = ("capacity = (total - reserved) x allocation ratio; free = sum over "
+                          "hypervisors of max(0, capacity - used)" if reading.source == "placement"
+                          else "legacy fields: no allocation ratio, memory used includes the "
+                               "host reservation")
+            lines.append(f"source: {reading.source} ({ratio_note}); Nova microversion "
+                         f"{reading.microversion}; {plural(len(conn.requests), 'HTTP request')}"
+                         f" in {reading.elapsed:.3f} s")
+            lines.append("connection: " + conn.describe())
+        lines.extend(conn.notes)
+        if verbose >= 2:
+            for method, url, status, seconds in list(conn.requests):
+                lines.append(f"request: {method} {url} -> {status} in {seconds * 1000:.0f} ms")
+        return lines
 
 
-def _label_keys(hypervisors):
-    """One distinct text per hypervisor to make its perfdata label of: its name; for
-    hypervisors of the same name (several cells, or a hostile answer) name and id, then a
-    number if even those repeat."""
-    counts = {}
-    for hv in hypervisors:
-        counts[hv.name] = counts.get(hv.name, 0) + 1
-    keys, taken = {}, set()
-    for hv in hypervisors:
-        key = base = hv.name if counts[hv.name] == 1 else f"{hv.name} {hv.id}"
-        n = 2
-        while key in taken:
-            key, n = f"{base} #{n}", n + 1
-        taken.add(key)
-        keys[id(hv)] = key
-    return keys
+# ---------------------------------------------------------------- the check
+
+def make_check(args: argparse.Namespace) -> nagiosplugin.Check:
+    for option in ("flavor_warning", "flavor_critical"):
+        if getattr(args, option) is not None and not args.flavor:
+            raise plugin.UsageError(f"argument --{option.replace('_', '-')}: needs --flavor NAME "
+                                    f"(the flavor whose room it limits)")
+    cloud = Hypervisors(args)
+    return nagiosplugin.Check(cloud, *contexts(args), HypervisorsSummary(cloud, args.verbose))
 
 
-def timeout_message(args):
+def lighter_perfdata(args: argparse.Namespace, pairs: list) -> list:
+    """Over --max-output: the cloud's perfdata alone, before long output lines are dropped."""
+    if not args.perfdata_per_hypervisor:
+        return []
+    return [([tok for metric, tok in pairs if not metric.context.startswith("host ")],
+             f"(per-hypervisor perfdata left out to stay under {args.max_output} bytes)")]
+
+
+def timeout_message(args: argparse.Namespace) -> str:
     from .openstack import where
     return (f"no answer from OpenStack within {args.timeout:g} s ({where(args)}, Nova, "
             f"Placement)")
 
 
-def main(argv=None):
+def main(argv: Optional[list] = None) -> None:
     import sys
     argv = sys.argv[1:] if argv is None else argv
-    plugin.main(NAME, build_parser(argv), measure, argv, timeout_state=plugin.UNKNOWN,
-                timeout_message=timeout_message)
+    plugin.run(NAME, build_parser(argv), make_check, argv, timeout_state=plugin.UNKNOWN,
+               timeout_message=timeout_message, lighter_perfdata=lighter_perfdata)

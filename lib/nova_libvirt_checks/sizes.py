@@ -34,5 +34,5 @@ def decimal(value: float, unit: str = "") -> str:
 
 
 def seconds(value: float) -> str:
-    """A duration: '2 s', '0.512 s' (milliseconds below one second), '1.5 s'."""
-    return f"{value:g} s" if value == int(value) or value >= 1 else f"{value:.3f} s"
+    """A duration to the millisecond: '2 s', '0.512 s', '3.022 s' (not '3.02197 s')."""
+    return f"{value:g} s" if value == int(value) else f"{value:.3f} s"
