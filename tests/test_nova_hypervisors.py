@@ -150,6 +150,20 @@ def edit_cached_token(state_dir, change):
         json.dump(document, f)
 
 
+def run_with_a_refused_cached_token(cloud, state_dir, env, user):
+    """A run (-vv) whose cached token Nova refuses: OK, after exactly one new login of `user`
+    (the 401 first, then one token request). Returns (the run's Result, user's token count
+    before it)."""
+    before = user.token_requests()
+    r = run(cloud, state_dir, "-vv", env=env)
+    assert r.code == 0, r
+    assert user.token_requests() - before == 1
+    requests_ = [line for line in r.lines if line.startswith("request:")]
+    assert "/os-hypervisors/detail -> 401" in requests_[0], r
+    assert sum("auth/tokens -> 201" in line for line in requests_) == 1, r
+    return r, before
+
+
 class StalledPeer:
     """A TCP socket that accepts connections and never answers."""
 
@@ -515,13 +529,7 @@ def test_rejected_cached_token_means_one_new_login(cloud, keystone_user, state_d
     def reject(state):     # a well-formed token keystone never issued, still "valid" by its expiry
         state["auth_token"] = "gAAAAABnot-a-token-keystone-issued" + "x" * 150
     edit_cached_token(state_dir, reject)
-    before = keystone_user.token_requests()
-    r = run(cloud, state_dir, "-vv", env=env)
-    assert r.code == 0, r
-    assert keystone_user.token_requests() - before == 1
-    requests = [line for line in r.lines if line.startswith("request:")]
-    assert "/os-hypervisors/detail -> 401" in requests[0], r
-    assert sum("auth/tokens -> 201" in line for line in requests) == 1, r
+    _, before = run_with_a_refused_cached_token(cloud, state_dir, env, keystone_user)
     assert run(cloud, state_dir, env=env).code == 0
     assert keystone_user.token_requests() - before == 1      # the new one was kept
 
@@ -940,13 +948,7 @@ def test_revoked_cached_token_means_one_fresh_login(cloud, keystone_user, tmp_pa
     answer = cloud.admin_session().delete(f"{cloud.keystone_url}/auth/tokens", raise_exc=False,
                                           headers={"X-Subject-Token": revoked})
     assert answer.status_code == 204, answer.text
-    before = keystone_user.token_requests()
-    r = run(cloud, state_dir, "-vv", env=env)
-    assert r.code == 0, r
-    assert keystone_user.token_requests() - before == 1
-    requests_ = [line for line in r.lines if line.startswith("request:")]
-    assert "/os-hypervisors/detail -> 401" in requests_[0], r
-    assert sum("auth/tokens -> 201" in line for line in requests_) == 1, r
+    r, before = run_with_a_refused_cached_token(cloud, state_dir, env, keystone_user)
     assert "new token; calls through a keystoneauth session" in r.stdout, r
     assert revoked not in r.stdout
     r = run(cloud, state_dir, "-v", env=env)
