@@ -128,10 +128,12 @@ def _installed_library_is_ours(prefix):
 
 def _installed_tree_id():
     """What `make install` installs, as one digest: the source tree's files (lib/, checks/,
-    setup.py, constraints.txt, the Makefile) by path and content, and the checkout it is from."""
+    setup.py, constraints.txt, the Makefile, the NRPE file it writes) by path and content, and
+    the checkout it is from."""
     import hashlib
     digest = hashlib.sha256(ROOT.encode())
-    paths = [os.path.join(ROOT, f) for f in ("setup.py", "constraints.txt", "Makefile")]
+    paths = [os.path.join(ROOT, f) for f in ("setup.py", "constraints.txt", "Makefile",
+                                             "icinga/nrpe/nova-libvirt-checks.cfg")]
     for top in ("lib", "checks"):
         for directory, dirs, files in os.walk(os.path.join(ROOT, top)):
             dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not d.endswith(".egg-info"))

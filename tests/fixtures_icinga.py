@@ -34,6 +34,7 @@ with the daemon's log tail):
     cleanup_stale() -> [str]                                            dirs/daemons of dead test runs
 
 Fixtures: icinga_tools (session: packages + nagios user + cleanup_stale; yields this module),
+nrpe (session: one NRPE serving the NRPE file `make install` wrote, see installed_nrpe_file),
 nagios_tmp_path (a fresh directory the nagios user can read/execute; pytest's tmp_path is mode 0700
 and NOT usable for plugins or object files), monitoring_daemons (factory .nrpe()/.icinga2()/.nagios()
 whose daemons are stopped at test teardown).
@@ -1402,6 +1403,23 @@ def nagios_tmp_path(icinga_tools):
     d = private_dir("tmp")
     yield d
     _rmtree(d)
+
+
+def installed_nrpe_file(installed_plugins: str) -> str:
+    """The NRPE command file `make install` wrote for the checks in `installed_plugins` (the
+    installed_plugins fixture: PREFIX and PLUGINDIR side by side under NLC_TEST_ROOT)."""
+    prefix = os.path.join(os.path.dirname(installed_plugins), "install")
+    return os.path.join(prefix, "etc", "nrpe.d", "nova-libvirt-checks.cfg")
+
+
+@pytest.fixture(scope="session")
+def nrpe(icinga_tools, installed_plugins):
+    """ONE real NRPE daemon for the session, serving the NRPE file `make install` wrote (the
+    installed checks, run as nagios): test_icinga.py's Icinga 2, Nagios and direct tests and
+    test_debian_operator.py share it. (Debian's own NRPE file names the same commands with other
+    paths, so test_debian.py starts its own; the harness's self-tests serve stand-ins.)"""
+    with nrpe_daemon(installed_nrpe_file(installed_plugins), command_timeout=60) as daemon:
+        yield daemon
 
 
 class _Daemons:

@@ -37,7 +37,6 @@ import sys
 import threading
 import time
 import urllib.parse
-import warnings
 
 import pytest
 
@@ -47,6 +46,8 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 from nova_libvirt_checks import hypervisors as hv_check, plugin
 from nova_libvirt_checks.thresholds import format_range
 from tests.checkrun import ROOT, Result, assert_plugin_output
+from tests.helpers import OPTION_SPECIALS, parse_option
+from tests.stub_openstack import StubOpenStack
 
 CHECK = os.path.join(ROOT, "checks", "check_nova_hypervisors")
 SAFE_LABEL = re.compile(r"[A-Za-z0-9_.-]+")
@@ -248,11 +249,9 @@ OPTIONS = [
 ]
 OPTION_IDS = [option for option, _, _ in OPTIONS]
 
-SPECIALS = ["", " ", "0", "-0", "1", "-1", "+5", ".5", "5.", "1e3", "0x10", "1_000", "\u0661\u0662",
-            "\u00b2", "\u00bd", "inf", "-inf", "Infinity", "nan", "NaN", "1e999", "9" * 400,
-            "10:5", "@", "~", ":", "~:", "5:", "@~:", "@10:20", "1:2:3", "5%", "5B", "5/s", "64Gi",
-            "64Gi:", "[[a]", "(", "(?i)x", "a(?i)b", "\\", "a\nb", "|", "x" * 5000, "=5", "\x00",
-            "public", "internal", "admin", "internalURL", "bogus", "2.53", "2.60", "placement"]
+# the shared hostile values, and this check's own (sizes, interfaces, microversions)
+SPECIALS = OPTION_SPECIALS + ["64Gi", "64Gi:", "public", "internal", "admin", "internalURL",
+                              "bogus", "2.53", "2.60", "placement"]
 LIMIT_SPECS = ["", "80", "80%", "80%%", "@90:95%", "10:5%", "-5%", "~:80%", "nan%", "inf%",
                "9" * 400 + "%", "64Gi", "64Gi:", "64:", "@10:20Gi", "~:64Gi", "16:", "1e3:",
                "\u0661\u0662%", "5B%", "5%/s", "64GiB:", "64Gi/s:", "x"]
@@ -267,28 +266,6 @@ def _values_for(option):
     return values
 
 
-def parse_one(option, attribute, value):
-    """Parse `option=value` as the check does: the accepted value, or None when refused with a
-    UsageError naming the option (one line once printed)."""
-    re.purge()                  # re caches compiled patterns, and warns only when compiling
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            namespace = PARSER.parse_args([f"{option}={value}"])
-        except plugin.UsageError as exc:
-            error = exc
-        else:
-            error = None
-    # a warning goes to stderr, which Icinga 2 appends to the plugin output
-    assert not caught, f"{option}={value!r} printed a warning: {caught[0].message}"
-    if error is not None:
-        message = str(error)
-        assert option in message, (option, value, message)
-        assert plugin.plain(message).count("\n") == 0
-        return None
-    return getattr(namespace, attribute)
-
-
 def test_every_option_value_is_refused_naming_the_option_or_means_something_sane():
     """Fixed hostile values for every option: refused as a UsageError naming the option (exit
     3, one line), or accepted as a sane value; never another exception, never a warning.
@@ -299,7 +276,7 @@ def test_every_option_value_is_refused_naming_the_option_or_means_something_sane
     for option, attribute, valid in OPTIONS:
         for value in _values_for(option):
             try:
-                accepted = parse_one(option, attribute, value)
+                accepted = parse_option(PARSER, option, attribute, value)
                 if accepted is not None:
                     valid(accepted)
             except Exception as exc:  # noqa: BLE001 - collect them all: one report
@@ -323,7 +300,7 @@ OPTION_TEXT = st.one_of(st.text(max_size=40), RANGE_TEXT,
 def test_any_option_value_property(option, attribute, valid, value):
     """Property (hypothesis, derandomized: the same examples every run): whatever the text,
     the option is refused naming itself, or the accepted value is sane."""
-    accepted = parse_one(option, attribute, value)
+    accepted = parse_option(PARSER, option, attribute, value)
     if accepted is not None:
         valid(accepted)
 
@@ -386,46 +363,25 @@ NOT_ACCEPTABLE = (406, dumps({"computeFault": {"code": 406, "message": "Version 
                                                 "supported by the API. Minimum is 2.1 and maximum is 2.25."}}))
 
 
-class FakeCloud:
-    """Nova and Placement in one HTTP server, answering from `self.scenario`:
+class FakeCloud(StubOpenStack):
+    """Nova and Placement answering from `self.scenario`:
     pages: [(status, body)] for successive GET /os-hypervisors/detail (the last one repeats);
     old_nova: answer microversion 2.53 with 406; providers, flavors, aggregates, services:
     (status, body); inventories, usages: {provider uuid: (status, body)}."""
 
     def __init__(self):
-        fake = self
         self.scenario = {}
-        self.seen = []
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self):
-                version = self.headers.get("OpenStack-API-Version") or ""
-                fake.seen.append((self.path, version))
-                status, body = fake.answer(urllib.parse.urlsplit(self.path).path,
-                                           urllib.parse.urlsplit(self.path).query, version)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_port}/v2.1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.pages_served = 0
+        super().__init__()
 
     def load(self, scenario):
         self.scenario = scenario
-        self.seen = []
+        self.reset()
         self.pages_served = 0
 
-    def answer(self, path, query, version):
+    def answer(self, path, version):
         s = self.scenario
+        path = urllib.parse.urlsplit(path).path
         if path.endswith("/os-hypervisors/detail"):
             if s.get("old_nova") and version == "compute 2.53":
                 return NOT_ACCEPTABLE
@@ -444,16 +400,9 @@ class FakeCloud:
                 return s.get(key, (404, b"{}"))
         return 404, b"{}"
 
-    def argv(self, *args):
-        return ["--os-auth-type", "none", "--os-endpoint", self.url, *args]
-
     def run(self, tmp_path, *args, timeout=60):
         env = {"NOVA_LIBVIRT_CHECKS_STATE_DIR": str(tmp_path / "state")}
         return run(env, *self.argv(*args), timeout=timeout)
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")

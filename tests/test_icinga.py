@@ -123,7 +123,8 @@ def plugin_argv(command_line, plugin_dir):
 @pytest.fixture(scope="module")
 def deployed(icinga_tools, installed_plugins):
     """icinga/ copied where the nagios user can read it (as an operator copies the files), the
-    NRPE file pointing at the installed plugins. Yields {"dir", "nrpe_file", "plugins"}."""
+    NRPE file `make install` wrote for the installed plugins (which the session's `nrpe`
+    serves). Yields {"dir", "nrpe_file", "plugins"}."""
     base = fi.private_dir("icinga-files")
     try:
         target = os.path.join(base, "icinga")
@@ -132,19 +133,11 @@ def deployed(icinga_tools, installed_plugins):
             os.chmod(root, 0o755)
             for name in files:
                 os.chmod(os.path.join(root, name), 0o644)
-        nrpe_file = write(os.path.join(base, "nrpe.cfg"),
-                          read(NRPE_FILE).replace(SYSTEM_PLUGINS, installed_plugins + "/"))
+        nrpe_file = fi.installed_nrpe_file(installed_plugins)
+        assert read(nrpe_file) == read(NRPE_FILE).replace(SYSTEM_PLUGINS, installed_plugins + "/")
         yield {"dir": target, "nrpe_file": nrpe_file, "plugins": installed_plugins}
     finally:
         fi._rmtree(base)
-
-
-@pytest.fixture(scope="module")
-def nrpe(deployed):
-    """One real NRPE daemon with our command file, shared by this file's tests (Icinga 2 and
-    Nagios reach the compute node through it, and check_nrpe directly)."""
-    with fi.nrpe_daemon(deployed["nrpe_file"], command_timeout=60) as daemon:
-        yield daemon
 
 
 # ================================================================ kept in sync with the code

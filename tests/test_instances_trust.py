@@ -15,11 +15,6 @@ from tests.checkrun import NODE_URI, ROOT, assert_plugin_output, run_check
 ORDER_URI = "test://" + os.path.join(ROOT, "tests", "data", "order-node.xml")
 
 
-@pytest.fixture
-def state_dir(tmp_path):
-    return str(tmp_path / "state")
-
-
 def check(state_dir, *args, uri=ORDER_URI):
     return run_check("check_libvirt_instances", "-U", uri, "--state-dir", state_dir, *args)
 

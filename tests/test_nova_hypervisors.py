@@ -18,12 +18,13 @@ import time
 import pytest
 
 from tests.conftest import service_unavailable
+from tests.helpers import split_perfdata
+from tests.stub_openstack import StubOpenStack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECK = os.path.join(ROOT, "checks", "check_nova_hypervisors")
 UNIT = {"vcpus": 1, "memory": 2**20, "disk": 2**30}
 CLASS = {"vcpus": "VCPU", "memory": "MEMORY_MB", "disk": "DISK_GB"}
-USER = "nlc-hv-check"
 LEGACY = {"vcpus": ("vcpus_used", "vcpus"), "memory": ("memory_mb_used", "memory_mb"),
           "disk": ("local_gb_used", "local_gb")}
 
@@ -46,84 +47,21 @@ class Result:
 
 
 def parse_perfdata(text):
-    """{label: (value, uom, warn, crit, min, max)} with numbers as floats."""
+    """{label: (value, uom, warn, crit, min, max)} with numbers as floats (tokens split by the
+    shared splitter, tests/helpers.py)."""
     out = {}
-    for item in text.split():
-        name, _, rest = item.partition("=")
+    for item in split_perfdata(text):
+        name, _, rest = item.rpartition("=")
         fields = rest.split(";") + [""] * 4
         raw = fields[0]
         number = raw.rstrip("%B")
-        out[name] = (float(number), raw[len(number):]) + tuple(fields[1:5])
+        out[name.strip("'").replace("''", "'")] = (float(number), raw[len(number):]) + tuple(fields[1:5])
     return out
 
 
 def value(result, name):
     assert name in result.perf, f"no perfdata {name!r} in {result!r}"
     return result.perf[name][0]
-
-
-@pytest.fixture
-def state_dir(tmp_path):
-    path = tmp_path / "state"
-    return str(path)
-
-
-@pytest.fixture(scope="session")
-def own_user(cloud):
-    """OS_* overrides for a Keystone user of these tests alone (admin on project admin), so that
-    counting its tokens is exact even while something else logs in as admin meanwhile."""
-    from keystoneauth1 import exceptions, session
-    from keystoneauth1.identity import v3
-    name, password = USER, "nlc-hv-check-secret"
-    sess, ks = cloud.admin_session(), cloud.keystone_url
-
-    def call(method, path, **kw):
-        r = sess.request(ks + path, method, raise_exc=False, **kw)
-        assert r.status_code < 300, (method, path, r.status_code, r.text[:200])
-        return r.json() if r.content else None
-
-    def can_log_in():
-        try:
-            session.Session(auth=v3.Password(
-                auth_url=ks, username=name, password=password, project_name="admin",
-                user_domain_name="Default", project_domain_name="Default")).get_token()
-            return True
-        except exceptions.Unauthorized:
-            return False
-    users = call("GET", f"/users?name={name}")["users"]
-    if users:
-        user_id = users[0]["id"]
-    else:
-        user_id = call("POST", "/users", json={"user": {
-            "name": name, "password": password, "domain_id": "default"}})["user"]["id"]
-    project_id = call("GET", "/projects?name=admin")["projects"][0]["id"]
-    role_id = call("GET", "/roles?name=admin")["roles"][0]["id"]
-    call("PUT", f"/projects/{project_id}/users/{user_id}/roles/{role_id}")
-    if not can_log_in():
-        call("PATCH", f"/users/{user_id}", json={"user": {"password": password}})
-        # the change revokes the user's tokens issued up to its second, tokens of that very
-        # second included (Fernet tokens carry whole seconds): let it pass
-        time.sleep(1.1)
-    return {"OS_USERNAME": name, "OS_PASSWORD": password, "OS_PROJECT_NAME": "admin",
-            "OS_USER_DOMAIN_NAME": "Default", "OS_PROJECT_DOMAIN_NAME": "Default"}
-
-
-@pytest.fixture(scope="session")
-def own_app_credential(cloud, own_user):
-    """An application credential of that user for this session: {"id", "secret"}."""
-    from keystoneauth1 import session
-    from keystoneauth1.identity import v3
-    sess = session.Session(auth=v3.Password(
-        auth_url=cloud.keystone_url, username=own_user["OS_USERNAME"],
-        password=own_user["OS_PASSWORD"], project_name="admin", user_domain_name="Default",
-        project_domain_name="Default"))
-    ks = cloud.keystone_url
-    user_id = sess.get_user_id()
-    cred = sess.post(f"{ks}/users/{user_id}/application_credentials", json={
-        "application_credential": {"name": f"{USER}-{os.urandom(4).hex()}"}}).json()[
-        "application_credential"]
-    yield {"id": cred["id"], "secret": cred["secret"]}
-    sess.delete(f"{ks}/users/{user_id}/application_credentials/{cred['id']}", raise_exc=False)
 
 
 def base_env(cloud, state_dir, **extra):
@@ -210,6 +148,20 @@ def edit_cached_token(state_dir, change):
     document["auth_state"] = json.dumps(state)
     with open(path, "w") as f:
         json.dump(document, f)
+
+
+def run_with_a_refused_cached_token(cloud, state_dir, env, user):
+    """A run (-vv) whose cached token Nova refuses: OK, after exactly one new login of `user`
+    (the 401 first, then one token request). Returns (the run's Result, user's token count
+    before it)."""
+    before = user.token_requests()
+    r = run(cloud, state_dir, "-vv", env=env)
+    assert r.code == 0, r
+    assert user.token_requests() - before == 1
+    requests_ = [line for line in r.lines if line.startswith("request:")]
+    assert "/os-hypervisors/detail -> 401" in requests_[0], r
+    assert sum("auth/tokens -> 201" in line for line in requests_) == 1, r
+    return r, before
 
 
 class StalledPeer:
@@ -535,14 +487,14 @@ def test_disabled_host_keeps_its_availability_zone(mutable_cloud, state_dir):
 
 # ---------------------------------------------------------------- the token cache
 
-def test_token_reused_across_runs(cloud, own_user, state_dir):
-    env = base_env(cloud, state_dir, **own_user)
+def test_token_reused_across_runs(cloud, keystone_user, state_dir):
+    env = base_env(cloud, state_dir, **keystone_user.env)
     runs = 5
-    before = cloud.token_requests(user=USER)
+    before = keystone_user.token_requests()
     results = [run(cloud, state_dir, "-v", env=env)]
     written = os.stat(token_file(state_dir)).st_mtime_ns
     results += [run(cloud, state_dir, "-v", env=env) for _ in range(runs - 1)]
-    after = cloud.token_requests(user=USER)
+    after = keystone_user.token_requests()
     assert os.stat(token_file(state_dir)).st_mtime_ns == written     # unchanged: not rewritten
     assert all(r.code == 0 for r in results), results
     assert after - before == 1, f"{runs} runs issued {after - before} tokens"
@@ -552,69 +504,63 @@ def test_token_reused_across_runs(cloud, own_user, state_dir):
     assert os.stat(token_file(state_dir)).st_mode & 0o777 == 0o600
 
 
-def test_each_identity_and_scope_has_its_own_cached_token(cloud, own_user, state_dir):
+def test_each_identity_and_scope_has_its_own_cached_token(cloud, keystone_user, state_dir):
     """The token file is found by keystoneauth's cache id (auth URL, credentials, scope): two
     users, or one user in two scopes, never share a token; each reuses its own."""
-    env = base_env(cloud, state_dir, **own_user)
-    before = cloud.token_requests(user=USER)
+    env = base_env(cloud, state_dir, **keystone_user.env)
+    before = keystone_user.token_requests()
     assert run(cloud, state_dir, env=env).code == 0
     assert run(cloud, state_dir).code == 0                            # admin
     scoped = dict(env, OS_PROJECT_DOMAIN_NAME=None, OS_PROJECT_DOMAIN_ID="default")
     assert run(cloud, state_dir, env={k: v for k, v in scoped.items() if v}).code == 0
     tokens = [f for f in os.listdir(state_dir) if f.startswith("token-") and f.endswith(".json")]
     assert len(tokens) == 3, tokens
-    assert cloud.token_requests(user=USER) - before == 2
+    assert keystone_user.token_requests() - before == 2
     for again in (env, None, {k: v for k, v in scoped.items() if v}):
         r = run(cloud, state_dir, "-v", env=again)
         assert r.code == 0 and "token reused from the cache" in r.stdout, r
-    assert cloud.token_requests(user=USER) - before == 2
+    assert keystone_user.token_requests() - before == 2
 
 
-def test_rejected_cached_token_means_one_new_login(cloud, own_user, state_dir):
-    env = base_env(cloud, state_dir, **own_user)
+def test_rejected_cached_token_means_one_new_login(cloud, keystone_user, state_dir):
+    env = base_env(cloud, state_dir, **keystone_user.env)
     assert run(cloud, state_dir, env=env).code == 0
 
     def reject(state):     # a well-formed token keystone never issued, still "valid" by its expiry
         state["auth_token"] = "gAAAAABnot-a-token-keystone-issued" + "x" * 150
     edit_cached_token(state_dir, reject)
-    before = cloud.token_requests(user=USER)
-    r = run(cloud, state_dir, "-vv", env=env)
-    assert r.code == 0, r
-    assert cloud.token_requests(user=USER) - before == 1
-    requests = [line for line in r.lines if line.startswith("request:")]
-    assert "/os-hypervisors/detail -> 401" in requests[0], r
-    assert sum("auth/tokens -> 201" in line for line in requests) == 1, r
+    _, before = run_with_a_refused_cached_token(cloud, state_dir, env, keystone_user)
     assert run(cloud, state_dir, env=env).code == 0
-    assert cloud.token_requests(user=USER) - before == 1      # the new one was kept
+    assert keystone_user.token_requests() - before == 1      # the new one was kept
 
 
-def test_expired_cached_token_means_one_new_login(cloud, own_user, state_dir):
-    env = base_env(cloud, state_dir, **own_user)
+def test_expired_cached_token_means_one_new_login(cloud, keystone_user, state_dir):
+    env = base_env(cloud, state_dir, **keystone_user.env)
     assert run(cloud, state_dir, env=env).code == 0
 
     def expire(state):
         state["body"]["token"]["expires_at"] = "2001-01-01T00:00:00.000000Z"
     edit_cached_token(state_dir, expire)
-    before = cloud.token_requests(user=USER)
+    before = keystone_user.token_requests()
     r = run(cloud, state_dir, "-vv", env=env)
     assert r.code == 0, r
-    assert cloud.token_requests(user=USER) - before == 1
+    assert keystone_user.token_requests() - before == 1
     assert "-> 401" not in r.stdout, r                 # not even tried: it had expired
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"", b"[1, 2]",
                                      b'{"version": 1, "cache_id": "x", "auth_state": "{}"}'])
-def test_corrupted_cache_means_one_new_login(cloud, own_user, state_dir, content):
-    env = base_env(cloud, state_dir, **own_user)
+def test_corrupted_cache_means_one_new_login(cloud, keystone_user, state_dir, content):
+    env = base_env(cloud, state_dir, **keystone_user.env)
     assert run(cloud, state_dir, env=env).code == 0
     with open(token_file(state_dir), "wb") as f:
         f.write(content)
-    before = cloud.token_requests(user=USER)
+    before = keystone_user.token_requests()
     r = run(cloud, state_dir, env=env)
     assert r.code == 0, r
-    assert cloud.token_requests(user=USER) - before == 1
+    assert keystone_user.token_requests() - before == 1
     assert run(cloud, state_dir, env=env).code == 0
-    assert cloud.token_requests(user=USER) - before == 1
+    assert keystone_user.token_requests() - before == 1
 
 
 def test_cached_token_file_is_never_followed_as_a_symlink(cloud, state_dir, tmp_path):
@@ -649,8 +595,8 @@ def test_clouds_yaml_password_and_application_credential(cloud, state_dir):
     assert r.code == 3 and "no-such-cloud" in r.status and len(r.lines) == 1, r
 
 
-def test_application_credential_from_the_environment(cloud, own_app_credential, state_dir):
-    cred = own_app_credential
+def test_application_credential_from_the_environment(cloud, keystone_user, state_dir):
+    cred = keystone_user.app_credential()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
            "NOVA_LIBVIRT_CHECKS_STATE_DIR": state_dir,
            "OS_AUTH_TYPE": "v3applicationcredential", "OS_AUTH_URL": cloud.env["OS_AUTH_URL"],
@@ -778,13 +724,13 @@ def test_forbidden_user_is_unknown(cloud, state_dir):
     (["--source", "magic"], "--source"),
     (["-t", "0"], "-t/--timeout"),
 ])
-def test_invalid_arguments_are_unknown_naming_the_option(cloud, own_user, state_dir, args, option):
-    before = cloud.token_requests(user=USER)
-    r = run(cloud, state_dir, *args, env=base_env(cloud, state_dir, **own_user))
+def test_invalid_arguments_are_unknown_naming_the_option(cloud, keystone_user, state_dir, args, option):
+    before = keystone_user.token_requests()
+    r = run(cloud, state_dir, *args, env=base_env(cloud, state_dir, **keystone_user.env))
     assert r.code == 3, r
     assert len(r.lines) == 1 and r.status.startswith("HYPERVISORS UNKNOWN - invalid argument"), r
     assert option in r.status, r
-    assert cloud.token_requests(user=USER) == before        # no login for a bad command line
+    assert keystone_user.token_requests() == before        # no login for a bad command line
 
 
 def test_module_imports_cheaply():
@@ -824,47 +770,18 @@ def test_without_the_nova_extra_the_check_names_the_pip_command(tmp_path):
 
 
 # ---------------------------------------------------------------- answers the real cloud never gives
-# A stand-in HTTP server for what a healthy Nova / Placement cannot be made to do on demand (a
-# 5xx, malformed JSON, a Nova older than 2.53, pages of hypervisors). keystoneauth's `none` auth
-# type with --os-endpoint sends every service to it, so no cloud is needed.
+# The stand-in server (tests/stub_openstack.py) for what a healthy Nova / Placement cannot be
+# made to do on demand (a 5xx, malformed JSON, a Nova older than 2.53, pages of hypervisors).
 
-class StubCloud:
+class StubCloud(StubOpenStack):
     def __init__(self, hypervisors=3, max_microversion="2.104", page_size=1000, fail=None,
                  tls=None):
-        import http.server
-        stub = self
         self.hypervisors = [{"id": f"00000000-0000-4000-8000-{i:012d}", "name": f"hv{i}",
                              "vcpus": 8, "used": i} for i in range(1, hypervisors + 1)]
         self.max_microversion = max_microversion
         self.page_size = page_size
         self.fail = fail or {}          # path fragment -> (status, body bytes)
-        self.seen = []
-        self.headers_seen = []          # (path, {header: value}) of the headers that matter
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                stub.seen.append((self.path, self.headers.get("OpenStack-API-Version")))
-                stub.headers_seen.append((self.path, {k: self.headers.get(k) for k in (
-                    "Accept", "OpenStack-API-Version", "X-OpenStack-Nova-API-Version")}))
-                status, body = stub.answer(self.path, self.headers.get("OpenStack-API-Version") or "")
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/v2.1"
-        if tls:                         # (certificate file, key file): HTTPS
-            import ssl
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(*tls)
-            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-            self.url = "https" + self.url[4:]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        super().__init__(tls=tls)
 
     def answer(self, path, version):
         for fragment, (status, body) in self.fail.items():
@@ -908,14 +825,9 @@ class StubCloud:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                "NOVA_LIBVIRT_CHECKS_STATE_DIR": str(tmp_path / "state")}
         started = time.monotonic()
-        proc = subprocess.run([sys.executable, CHECK, "--os-auth-type", "none", "--os-endpoint",
-                               self.url] + list(args), cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=30)
+        proc = subprocess.run([sys.executable, CHECK, *self.argv(*args)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=30)
         return Result(proc, time.monotonic() - started)
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -1036,13 +948,7 @@ def test_revoked_cached_token_means_one_fresh_login(cloud, keystone_user, tmp_pa
     answer = cloud.admin_session().delete(f"{cloud.keystone_url}/auth/tokens", raise_exc=False,
                                           headers={"X-Subject-Token": revoked})
     assert answer.status_code == 204, answer.text
-    before = keystone_user.token_requests()
-    r = run(cloud, state_dir, "-vv", env=env)
-    assert r.code == 0, r
-    assert keystone_user.token_requests() - before == 1
-    requests_ = [line for line in r.lines if line.startswith("request:")]
-    assert "/os-hypervisors/detail -> 401" in requests_[0], r
-    assert sum("auth/tokens -> 201" in line for line in requests_) == 1, r
+    r, before = run_with_a_refused_cached_token(cloud, state_dir, env, keystone_user)
     assert "new token; calls through a keystoneauth session" in r.stdout, r
     assert revoked not in r.stdout
     r = run(cloud, state_dir, "-v", env=env)
