@@ -13,7 +13,7 @@ APT_BUILD := gcc pkg-config libvirt-dev python3-dev python3-venv libvirt-clients
 APT_SERVICES := libvirt-daemon-system qemu-system-x86 qemu-utils busybox-static cpio iproute2 \
 	mariadb-server rabbitmq-server icinga2 icinga2-bin icinga2-common nagios4-core \
 	nagios-nrpe-server nagios-nrpe-plugin monitoring-plugins-basic rrdtool librrds-perl \
-	curl jq procps bc openssl util-linux php-cli faketime strace
+	curl jq procps bc openssl util-linux php-cli faketime strace nbdkit
 # to build the Debian packages (make deb; tests/test_debian.py builds and installs them)
 APT_DEB := build-essential debhelper dh-python python3-all python3-setuptools lintian
 # make deb: the packages land here, built in a copy of the tree (no build files in the checkout)

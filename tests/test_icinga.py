@@ -107,7 +107,10 @@ def shape(output):
 
 
 def labels_of(perfdata_list):
-    return [t.split("=", 1)[0].strip("'") for t in perfdata_list]
+    """The labels in order, without the disk latencies: those exist only for a window in which
+    the disk had requests (issue 13), so runs a moment apart may have them or not."""
+    labels = [t.split("=", 1)[0].strip("'") for t in perfdata_list]
+    return [label for label in labels if not label.endswith("_latency")]
 
 
 def plugin_argv(command_line, plugin_dir):

@@ -10,6 +10,11 @@ memoryStats). Both paths give the same counter keys:
     disk:<dev>:<field>       rd_bytes rd_ops wr_bytes wr_ops
     net:<dev>:<field>        rx_bytes rx_packets rx_errors rx_drops, tx_... the same
 and the gauges `memory_kib` / `memory_used_kib` where the balloon driver reports them.
+Where the driver reports them (see pressure_counters):
+    disk:<dev>:<field>       rd_times wr_times fl_times (ns spent), fl_ops
+    cpu_delay                ns the vCPUs were runnable but waited for a host CPU (bulk only)
+    mem:<field>              swap_in swap_out (bytes), major_fault: the guest's own counters,
+                             last_update: host time (s) at which QEMU last received them
 
 Each sample also carries the state's reason (why a domain is paused or shut off: bulk
 `state.reason`, `dom.state()` per domain) and, for a domain paused on an I/O error, which disks
@@ -48,6 +53,13 @@ DISK_ERRORS = {1: "unspecified error", 2: "no space"}     # virDomainDiskErrorCo
 
 _BLOCK_FIELDS = (("rd.bytes", "rd_bytes"), ("rd.reqs", "rd_ops"),
                  ("wr.bytes", "wr_bytes"), ("wr.reqs", "wr_ops"))
+# bulk block.N.* and per-domain blockStatsFlags() names of the latency counters
+_LATENCY_FIELDS = (("rd.times", "rd_total_times", "rd_times"), ("wr.times", "wr_total_times", "wr_times"),
+                   ("fl.times", "flush_total_times", "fl_times"), ("fl.reqs", "flush_operations", "fl_ops"))
+# balloon guest statistics (KiB, KiB, count; bulk name of the last, per-domain name, factor),
+# absent unless the guest's driver reports them; last_update: when QEMU last received them
+_MEMORY_FIELDS = (("swap_in", "swap_in", 1024), ("swap_out", "swap_out", 1024),
+                  ("major_fault", "major_fault", 1), ("last-update", "last_update", 1))
 _NET_FIELDS = (("rx.bytes", "rx_bytes"), ("rx.pkts", "rx_packets"), ("rx.errs", "rx_errors"),
                ("rx.drop", "rx_drops"), ("tx.bytes", "tx_bytes"), ("tx.pkts", "tx_packets"),
                ("tx.errs", "tx_errors"), ("tx.drop", "tx_drops"))
@@ -198,7 +210,10 @@ class Sampler:
         layout = self.devices(dom)
         for disk in layout["disks"]:
             try:
-                rd_ops, rd_bytes, wr_ops, wr_bytes, _errs = dom.blockStats(disk)
+                if layout.get("times", True):
+                    rd_ops, rd_bytes, wr_ops, wr_bytes = self._block_stats_flags(dom, disk, layout, sample)
+                else:
+                    rd_ops, rd_bytes, wr_ops, wr_bytes, _errs = dom.blockStats(disk)
             except lv.libvirtError:
                 continue                # unplugged since the XML was read
             for key, value in (("rd_bytes", rd_bytes), ("rd_ops", rd_ops),
@@ -221,6 +236,25 @@ class Sampler:
                 pass
             layout["balloon"] = bool(memory)
         _memory_gauges(memory.get("available"), memory.get("usable", memory.get("unused")), sample)
+        _memory_counters(memory.get, 1, sample)
+
+    def _block_stats_flags(self, dom, disk, layout, sample):
+        """blockStats() plus the latency counters where the driver has them (QEMU; not LXC or
+        the test driver: noted in the layout as "times": False, so as not to ask again)."""
+        try:
+            stats = dom.blockStatsFlags(disk)
+        except self.libvirt.libvirtError as exc:
+            if exc.get_error_code() != self.libvirt.VIR_ERR_NO_SUPPORT:
+                raise
+            layout["times"] = False
+            return dom.blockStats(disk)[:4]
+        if "rd_total_times" not in stats:
+            layout["times"] = False
+        for _, name, key in _LATENCY_FIELDS:
+            if stats.get(name, -1) >= 0:
+                sample.counters[f"disk:{disk}:{key}"] = stats[name]
+        return (stats.get("rd_operations", -1), stats.get("rd_bytes", -1),
+                stats.get("wr_operations", -1), stats.get("wr_bytes", -1))
 
 
 def _skipped_job_fields(record):
@@ -249,6 +283,7 @@ def _read_record(record, sample):
             value = record.get(f"net.{i}.{stat}")
             if nic and value is not None and value >= 0:
                 sample.counters[f"net:{nic}:{key}"] = value
+    pressure_counters(record, sample)
     _memory_gauges(record.get("balloon.available"),
                    record.get("balloon.usable", record.get("balloon.unused")), sample)
 
@@ -258,3 +293,25 @@ def _memory_gauges(available_kib, free_kib, sample):
     if available_kib and free_kib is not None and 0 <= free_kib <= available_kib:
         sample.gauges["memory_kib"] = available_kib
         sample.gauges["memory_used_kib"] = available_kib - free_kib
+
+
+def pressure_counters(record, sample):
+    """The counters behind latency, CPU delay and swapping, from a bulk stats record: only
+    those the driver and the guest report (vcpu.N.delay: newer libvirt on Linux hosts, e.g. 9.0)."""
+    for i in range(record.get("block.count", 0)):
+        disk = record.get(f"block.{i}.name")
+        for stat, _, key in _LATENCY_FIELDS:
+            value = record.get(f"block.{i}.{stat}")
+            if disk and value is not None and value >= 0:
+                sample.counters[f"disk:{disk}:{key}"] = value
+    online = [i for i in range(record.get("vcpu.maximum", 0)) if f"vcpu.{i}.state" in record]
+    if online and all(f"vcpu.{i}.delay" in record for i in online):
+        sample.counters["cpu_delay"] = sum(record[f"vcpu.{i}.delay"] for i in online)
+    _memory_counters(lambda name: record.get(f"balloon.{name}"), 0, sample)
+
+
+def _memory_counters(get, which, sample):
+    for *names, factor in _MEMORY_FIELDS:
+        value = get(names[which])
+        if value is not None and value >= 0:
+            sample.counters[f"mem:{names[1]}"] = value * factor

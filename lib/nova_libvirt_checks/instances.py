@@ -17,10 +17,10 @@ from .connection import STATE_WORDS, call_error, default_uri, libvirt_module, op
 from .domstats import REASONS, Sampler
 from .metadata import NovaInstance
 from .perfdata import label, token
-from .rates import METRICS, baseline, gauges, rates, remember, to_state
+from .rates import METRICS, baseline, gauges, rates, remember, slowest_disk, to_state
 from .state import StateError, StateFile, boot_id, file_for
-from .thresholds import (COUNT_UNITS, PLAIN_UNITS, SIZE_UNITS, breach, describe_breach,
-                         named_range_type)
+from .thresholds import (COUNT_UNITS, MILLISECOND_UNITS, PLAIN_UNITS, SIZE_UNITS, breach,
+                         describe_breach, named_range_type)
 
 NAME = "INSTANCES"
 STATE_NAMES = ("nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed",
@@ -68,17 +68,21 @@ def _non_negative(text):
 
 
 def _units_of(metric):
-    return {"percent": PLAIN_UNITS, "bytes": SIZE_UNITS, "count": COUNT_UNITS}[METRICS[metric].kind]
+    return {"percent": PLAIN_UNITS, "bytes": SIZE_UNITS, "count": COUNT_UNITS,
+            "ms": MILLISECOND_UNITS}[METRICS[metric].kind]
 
 
 def build_parser():
     metric_names = ", ".join(METRICS)
     parser = plugin.ArgumentParser(
         "check_libvirt_instances",
-        "Per-instance CPU, disk and network I/O rates from libvirt, with limits, naming each "
-        "instance by its Nova name and tenant (from Nova's <nova:instance> domain metadata).",
+        "Per-instance CPU, disk and network I/O rates from libvirt, and what an instance "
+        "suffers (disk latency, CPU delay, swapping), with limits, naming each instance by its "
+        "Nova name and tenant (from Nova's <nova:instance> domain metadata).",
         default_timeout=10,
-        epilog="Metrics (per second, cpu and memory in %): " + metric_names + ".\n"
+        epilog="Metrics (per second; cpu, memory and cpu_delay in %; *_latency in ms per request): "
+               + metric_names + ".\n"
+               "No limits by default; README suggests starting values for the pressure metrics.\n"
                "Sizes take K M G T (x1000) or Ki Mi Gi Ti (x1024), e.g. 50M = 50,000,000 B/s.\n"
                "Examples:\n"
                "  check_libvirt_instances -w disk_write_bytes=50M -c disk_write_bytes=100M -c cpu=95\n"
@@ -93,14 +97,16 @@ def build_parser():
                         help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system); read-only")
     limits = named_range_type(set(METRICS), _units_of)
     parser.add_argument("-w", "--warning", type=limits, action="append", default=[],
-                        metavar="METRIC=RANGE", help="warning range per instance; repeatable")
+                        metavar="METRIC=RANGE",
+                        help=f"warning range per instance, METRIC one of: {metric_names}; repeatable")
     parser.add_argument("-c", "--critical", type=limits, action="append", default=[],
                         metavar="METRIC=RANGE", help="critical range per instance; repeatable")
-    parser.add_argument("--total-warning", type=limits, action="append", default=[],
+    total_limits = named_range_type({m for m, spec in METRICS.items() if spec.total}, _units_of)
+    parser.add_argument("--total-warning", type=total_limits, action="append", default=[],
                         metavar="METRIC=RANGE",
                         help="warning range for the sum over the selected instances (cpu: %% of the "
-                             "host's CPUs); repeatable")
-    parser.add_argument("--total-critical", type=limits, action="append", default=[],
+                             "host's CPUs, so is cpu_delay; not for memory and the latencies); repeatable")
+    parser.add_argument("--total-critical", type=total_limits, action="append", default=[],
                         metavar="METRIC=RANGE", help="critical range for the sum; repeatable")
     parser.add_argument("--state-warning", type=_states, action="append", default=[],
                         metavar="STATE[:REASON],...",
@@ -204,6 +210,7 @@ class Instance:
     values: Dict[str, float] = field(default_factory=dict)
     problems: List[tuple] = field(default_factory=list)     # (state, text, how far over)
     note: Optional[str] = None                               # why not (fully) measured
+    slowest_disk: Optional[tuple] = None                     # (disk, {latency metric: ms})
     label: str = ""
     disk_errors: Dict[str, str] = field(default_factory=dict)
     window: Optional[float] = None                           # seconds the rates cover
@@ -435,6 +442,7 @@ def _measure(inst, sample, previous, baseline_in_run):
         inst.note = ("no rates (restarted or counters reset during the check)" if baseline_in_run
                      else "collecting baseline, rates from the next run")
     inst.values.update(gauges(sample))
+    inst.slowest_disk = slowest_disk(previous, sample)
 
 
 def _instance(libvirt, names, uuid, dom, sample):
@@ -491,6 +499,8 @@ def _save(store, runs, names, args):
 
 def _human(metric, value):
     kind = METRICS[metric].kind
+    if kind == "ms":
+        return f"{value:.0f} ms" if value >= 10 else f"{value:.2g} ms"
     if kind == "percent":
         return f"{value:.0f}%" if value >= 10 else f"{value:.1f}%"
     for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1, "")):
@@ -537,11 +547,12 @@ def evaluate(args, instances, host_cpus, mode, notes):
     instance_labels(instances)
 
     totals = {}
-    for metric in METRICS:
-        values = [i.values[metric] * (i.vcpus or 1) if metric == "cpu" else i.values[metric]
+    for metric, spec in METRICS.items():
+        per_cpu = spec.total == "host_cpus"
+        values = [i.values[metric] * (i.vcpus or 1) if per_cpu else i.values[metric]
                   for i in instances if metric in i.values]
-        if values and metric != "memory":
-            totals[metric] = sum(values) / host_cpus if metric == "cpu" and host_cpus else sum(values)
+        if values and spec.total:
+            totals[metric] = sum(values) / host_cpus if per_cpu and host_cpus else sum(values)
     total_problems = _judge(totals, dict(args.total_warning), dict(args.total_critical))
 
     # worst first: by state, then by how far over its limit, so that neither names nor --top
@@ -631,6 +642,10 @@ def _line(inst, verbose=0):
                         f"paused:{inst.reason})")
     if verbose and inst.window:
         detail += f"; rates over {inst.window:.2f} s"
+    if verbose and inst.slowest_disk:
+        disk, latencies = inst.slowest_disk
+        detail += f"; slowest disk {disk}: " + ", ".join(
+            f"{METRICS[m].text.split()[1]} {_human(m, ms)}" for m, ms in latencies.items())
     return f"{state}: {inst.title} {where}: {detail}"
 
 
@@ -657,7 +672,7 @@ def _perfdata(mode, instances, totals, warning, critical, args):
 
 def _token(name, metric, value, warning, critical):
     spec = METRICS[metric]
-    return token(name, round(value, 2 if spec.kind == "percent" else 1), spec.unit, warning, critical,
+    return token(name, round(value, {"percent": 2, "ms": 3}.get(spec.kind, 1)), spec.unit, warning, critical,
                  0, 100 if spec.kind == "percent" else None)
 
 

@@ -32,6 +32,7 @@ SIZE_UNITS = Units({**_DECIMAL, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**
 COUNT_UNITS = Units(_DECIMAL, ("/s",))
 TIME_UNITS = Units({"": 1, "s": 1, "ms": 10**-3, "us": 10**-6, "m": 60, "min": 60, "h": 3600})
 PLAIN_UNITS = Units({"": 1, "%": 1})
+MILLISECOND_UNITS = Units({"": 1, "ms": 1, "us": 10**-3, "s": 10**3})     # latencies, in ms
 NUMBERS = Units({"": 1})
 
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"

@@ -6,13 +6,15 @@
  * includes it for checks through NRPE.
  * Perfdata labels: <name>_<8 hex of uuid>.<metric> per instance, total.<metric> for the host,
  * instances, instances_warning, instances_critical. Metrics are per-second rates computed by
- * the check (B/s, ops/s, packets/s) and percentages (cpu: of the instance's vCPUs, total.cpu:
- * of the host's CPUs; memory: used).
+ * the check (B/s, ops/s, packets/s, faults/s), percentages (cpu and cpu_delay: of the
+ * instance's vCPUs, their totals: of the host's CPUs; memory: used) and disk latencies (ms per
+ * request, no total).
  * check_commands/libvirt_instances.cfg stores one RRD per label (MULTIPLE), so instances that
  * come and go never shift another's series; each instance keeps its colour (a hash of its
  * label). Every value is read from $RRDFILE[$i] data source $DS[$i].
  * Graphs: instance counts, host totals (CPU, disk bytes, disk ops, network bytes, packets,
- * errors and drops), then one graph per metric with a line per instance.
+ * errors and drops, CPU delay, swap, major faults), then one graph per metric with a line per
+ * instance (latencies, CPU delay, swap and faults included).
  * Plain PHP (5.3 and later), no PNP helper classes: tests/test_icinga.py runs it with php-cli
  * on real perfdata and draws the graphs with rrdtool.
  */
@@ -34,6 +36,13 @@ $nlc_metrics = array(
     'net_tx_packets'   => array('packets sent', 'packets/s', '%6.1lf %s/s', '/s', 1000),
     'net_errors'       => array('network errors', 'errors/s', '%6.2lf %s/s', '/s', 1000),
     'net_drops'        => array('network drops', 'drops/s', '%6.2lf %s/s', '/s', 1000),
+    'disk_read_latency'  => array('disk read latency', 'ms per request', '%7.2lf ms', 'ms', 1000),
+    'disk_write_latency' => array('disk write latency', 'ms per request', '%7.2lf ms', 'ms', 1000),
+    'disk_flush_latency' => array('disk flush latency', 'ms per request', '%7.2lf ms', 'ms', 1000),
+    'cpu_delay'        => array('CPU delay (runnable, waiting for a host CPU)', '% of its vCPUs', '%5.1lf%%', '%', 1000),
+    'mem_swap_in'      => array('swap in', 'bytes/s', '%6.1lf %sB/s', 'B/s', 1000),
+    'mem_swap_out'     => array('swap out', 'bytes/s', '%6.1lf %sB/s', 'B/s', 1000),
+    'mem_major_faults' => array('major page faults', 'faults/s', '%6.2lf %s/s', '/s', 1000),
 );
 /* host total graphs: title => array(vertical label, GPRINT format, unit, metric => colour) */
 $nlc_total_graphs = array(
@@ -49,6 +58,12 @@ $nlc_total_graphs = array(
         array('net_rx_packets' => '#1F78B4', 'net_tx_packets' => '#FF7F00')),
     'network errors and drops, all instances' => array('per second', '%6.2lf %s/s', '/s',
         array('net_errors' => '#E31A1C', 'net_drops' => '#6A3D9A')),
+    "CPU delay of instances (% of the host's CPUs)" => array('%', '%5.1lf%%', '%',
+        array('cpu_delay' => '#E31A1C')),
+    'swap, all instances' => array('bytes/s', '%6.1lf %sB/s', 'B/s',
+        array('mem_swap_in' => '#33A02C', 'mem_swap_out' => '#E31A1C')),
+    'major page faults, all instances' => array('faults/s', '%6.2lf %s/s', '/s',
+        array('mem_major_faults' => '#6A3D9A')),
 );
 
 /* sort the labels: totals, counts, per-instance; anything else is drawn as "other" */
@@ -127,7 +142,7 @@ foreach ($nlc_metrics as $metric => $spec) {
         $g .= $nlc_series("i$k", $i, $colours[$label], $label, $spec[2]);
         if ($rules === '') {
             /* -w/-c are the same for every instance */
-            $rules = $nlc_thresholds($i, $spec[3], '', $spec[3] == '%' ? 0 : 1000);
+            $rules = $nlc_thresholds($i, $spec[3], '', ($spec[3] == '%' || $spec[3] == 'ms') ? 0 : 1000);
         }
         $k++;
     }
