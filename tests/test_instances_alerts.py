@@ -308,7 +308,7 @@ def test_interleaved_selections_keep_honest_windows(libvirtd, tmp_path):
     checked, deviations, windows = 0, {}, []
     for number, (selection, result, before, latest) in enumerate(runs):
         for line in result.lines[1:]:
-            match = re.match(r"OK: (\S+) \((\w+)\) \[\S+ (\S+), running\]: .*; rates over ([\d.]+) s$", line)
+            match = re.match(r"OK: (\S+) \((\w+)\) \[\S+ (\S+), running\]: .*; rates over ([\d.]+) s(?:;|$)", line)
             if not match:
                 continue
             name, _tenant, uuid, window = match.group(1), match.group(2), match.group(3), float(match.group(4))
@@ -334,6 +334,7 @@ def test_interleaved_selections_keep_honest_windows(libvirtd, tmp_path):
                     f"run {number} {selection} {name} {metric}: check {value} vs getAllDomainStats "
                     f"{truth:.2f} ({lowest:.2f}..{highest:.2f}) over {end - start:.2f} s")
             checked += 1
+    assert windows, "no instance window compared:\n" + "\n".join(r.stdout for _, r, _, _ in runs)
     print(f"{checked} windows of {min(windows):.2f}-{max(windows):.2f} s; largest deviation from "
           "getAllDomainStats: " + ", ".join(f"{m} {max(d):.1%}" for m, d in deviations.items()))
     assert checked >= 2 * 4 + 2, f"only {checked} instance windows compared"
