@@ -10,10 +10,12 @@ and (before the run) of the one it starts from: that window, read from the state
 never used.
 
 Counters only grow, so for a check's sample stamped t the test knows its counter lay between
-the last reading before t - slack and the first one after t + slack. Over the window [t1, t2]
+the last reading whose call ended by t - slack and the first one whose call began at t + slack
+or later (libvirtd read the counters somewhere within the call: a call that waited out a hung
+daemon spans seconds). Over the window [t1, t2]
 the check's delta therefore lies in [C(before t2) - C(after t1), C(after t2) - C(before t1)]:
 a bracket, exact for any burstiness of the guest's I/O, a few % wide for steady counters at a
-5 s window (2 x (slack + the reading period) / window). The slack covers the check's stamp
+5 s window (2 x (slack + the reading period + a call) / window). The slack covers the check's stamp
 being the middle of a stats call, not the instant libvirtd read the counter: SLACK_S (a call
 takes ~40 ms here, 150 ms when busy), or the longest of the test's own calls around t when the machine is loaded
 (at a load average of 20 on 2 cores calls took up to 1.2 s and the check's stamps lay up to
@@ -138,7 +140,9 @@ def per_domain_reader(conn, uuids):
 
 class CounterRecorder:
     """Readings [(monotonic time, {uuid: {metric: counter}})] taken by `read` every `period`
-    seconds in a thread, from __enter__ to __exit__."""
+    seconds in a thread, from __enter__ to __exit__. A reading is stamped at the middle of its
+    call; `spans` holds each call's (start, end): libvirtd read the counters somewhere in there
+    (a call that waited out a hung daemon spans seconds: its stamp alone says little)."""
 
     def __init__(self, read, period=0.03, min_slack=SLACK_S):
         """read() -> {uuid: {metric: counter}}, or None: no reading this time."""
@@ -146,7 +150,7 @@ class CounterRecorder:
         self.min_slack = min_slack
         self.period = period
         self.readings = []
-        self.durations = []
+        self.spans = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.error = None
@@ -161,8 +165,8 @@ class CounterRecorder:
                 return
             after = time.monotonic()
             if values is not None:
+                self.spans.append((before, after))
                 self.readings.append(((before + after) / 2, values))
-                self.durations.append(after - before)
             self._stop.wait(self.period)
 
     def __enter__(self):
@@ -175,29 +179,34 @@ class CounterRecorder:
         self._thread.join(10)
 
     def wait_past(self, t, timeout=30):
-        """Return once a reading stamped after t exists (the bracket's upper end)."""
+        """Return once a reading whose call started after t exists (the bracket's upper end)."""
         deadline = time.monotonic() + timeout
-        while not self.readings or self.readings[-1][0] <= t:
+        while not self.spans or self.spans[-1][0] <= t:
             assert self.error is None, f"the test's own stats reading failed: {self.error!r}"
             assert time.monotonic() < deadline, f"no stats reading after t={t} in {timeout} s"
             time.sleep(self.period / 2)
 
     def slack(self, t):
         """How far from t a stats call's read may lie: SLACK_S, or under load the longest call
-        of the test's own next to t (the check's call to the same daemon takes as long)."""
-        before = [d for (when, _), d in zip(self.readings, self.durations) if when <= t][-3:]
-        after = [d for (when, _), d in zip(self.readings, self.durations) if when > t][:3]
-        return max([self.min_slack, *before, *after])
+        of the test's own next to t (the check's call to the same daemon takes as long): the
+        three that ended before t, any going on at t, the three that started after t."""
+        spans = list(self.spans)
+        before = [end - start for start, end in spans if end <= t][-3:]
+        during = [end - start for start, end in spans if start < t < end]
+        after = [end - start for start, end in spans if start >= t][:3]
+        return max([self.min_slack, *before, *during, *after])
 
     def _around(self, uuid, metric, t):
-        """The counter's lowest and highest possible value at t (readings outside t +- slack)."""
+        """The counter's lowest and highest possible value at t: the last reading whose call
+        ended by t - slack, the first whose call started at t + slack or later."""
         slack = self.slack(t)
-        before = [v[uuid][metric] for when, v in self.readings
-                  if when <= t - slack and metric in v.get(uuid, {})]
-        after = [v[uuid][metric] for when, v in self.readings
-                 if when >= t + slack and metric in v.get(uuid, {})]
+        readings = list(zip(self.spans, self.readings))
+        before = [v[uuid][metric] for (_, end), (_, v) in readings
+                  if end <= t - slack and metric in v.get(uuid, {})]
+        after = [v[uuid][metric] for (start, _), (_, v) in readings
+                 if start >= t + slack and metric in v.get(uuid, {})]
         assert before and after, (f"no reading of {metric} of {uuid} on both sides of t={t} +- {slack:.3f}: "
-                                  f"{[(round(w - t, 3), round(d, 3)) for (w, _), d in zip(self.readings, self.durations)]}")
+                                  f"{[(round(a - t, 3), round(b - t, 3)) for a, b in self.spans]}")
         return before[-1], after[0]
 
     def rate_bracket(self, uuid, metric, t1, t2):
