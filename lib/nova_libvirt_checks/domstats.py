@@ -29,8 +29,13 @@ from .connection import DOMAIN_STATES
 ACTIVE_STATES = {1, 2, 3, 7}        # running, blocked, paused, pmsuspended: have live counters
 # NOWAIT leaves out what needs the domain's job while another client holds it (nova-compute,
 # ceilometer, collectd asking block or balloon stats: milliseconds): such domains are asked
-# again after these pauses, so that a run keeps every counter and every perfdata label
+# again after these pauses, so that a run keeps every counter and every perfdata label; all the
+# re-asks of one sample stop within the sampler's budget (RETRY_BUDGET at most), and a domain
+# still partial after them (a long job: migration, a hung monitor, a dump) is asked only once,
+# without a pause, while it stays so (Sampler.busy, kept in the state between runs)
 RETRY_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.4)
+RETRY_BUDGET = 0.25
+JOB_HELD = "block and memory counters unavailable: its job is held by another libvirt client"
 
 # virDomain<State>Reason, as libvirt names them (lower case): stable numbers of libvirt's ABI
 REASONS = {
@@ -76,6 +81,7 @@ class DomainSample:
     counters: Dict[str, int] = field(default_factory=dict)
     gauges: Dict[str, float] = field(default_factory=dict)
     error: Optional[str] = None      # why this domain could not be measured
+    job_held: bool = False           # NOWAIT left out the fields that need its job, even re-asked
     reason: int = 0                  # why it is in its state (REASONS)
     disk_errors: Dict[str, str] = field(default_factory=dict)   # paused on I/O error: disk -> error
 
@@ -94,17 +100,22 @@ class DomainSample:
 
 
 class Sampler:
-    def __init__(self, libvirt, conn, mode="auto", devices=None, running_reasons=False):
+    def __init__(self, libvirt, conn, mode="auto", devices=None, running_reasons=False,
+                 busy=(), retry_budget=RETRY_BUDGET):
         """`devices(dom)` describes a domain for the per-domain path: a dict with the target
         names of its "disks" and "nics", in which the sampler notes "balloon": False once the
         domain answered memoryStats with nothing (no balloon driver), so as not to ask again.
-        The per-domain path asks a running domain's reason only with `running_reasons`."""
+        The per-domain path asks a running domain's reason only with `running_reasons`.
+        `busy`: uuids of the domains whose job was still held after the last sample's re-asks
+        (updated by each sample); `retry_budget`: seconds the re-asks of one sample may take."""
         self.libvirt = libvirt
         self.conn = conn
         self.mode = mode
         self.devices = devices
         self.running_reasons = running_reasons
         self.used_mode = None
+        self.busy = set(busy)
+        self.retry_budget = min(retry_budget, RETRY_BUDGET)
 
     def sample(self):
         """{uuid: DomainSample} for every domain on the host, and the virDomain objects."""
@@ -114,6 +125,7 @@ class Sampler:
                 self.used_mode = "bulk"
                 return self._disk_errors(samples, domains), domains
         self.used_mode = "per-domain"
+        self.busy = set()               # each domain asked in turn waits for its job
         samples, domains = self._per_domain()
         return self._disk_errors(samples, domains), domains
 
@@ -143,6 +155,7 @@ class Sampler:
             if exc.get_error_code() not in (lv.VIR_ERR_INVALID_ARG, lv.VIR_ERR_NO_SUPPORT):
                 raise
             records = self._stamped(self.conn.getAllDomainStats, groups, 0)  # older than NOWAIT
+            self.busy = set()
         else:
             records = self._complete(records, groups)
         samples, domains = {}, {}
@@ -151,6 +164,7 @@ class Sampler:
                                   when, record.get("vcpu.current"), reason=record.get("state.reason", 0))
             if sample.active:
                 _read_record(record, sample)
+                sample.job_held = sample.uuid in self.busy
             samples[sample.uuid] = sample
             domains[sample.uuid] = dom
         return samples, domains
@@ -165,13 +179,21 @@ class Sampler:
         return [(dom, record, when) for dom, record in records]
 
     def _complete(self, records, groups):
-        """Ask the domains whose record lacks its job's fields again (NOWAIT, briefly): a domain
-        in a long job (migration, a hung monitor) stays partial, as NOWAIT intends. A record
-        asked again carries the time of its own answer."""
-        for delay in RETRY_DELAYS:
+        """Ask the domains whose record lacks its job's fields again (NOWAIT, briefly, within
+        the budget): a domain in a long job stays partial, as NOWAIT intends. One still partial
+        at the last sample (self.busy) is asked once at once, not waited for. A record asked
+        again carries the time of its own answer."""
+        started = time.monotonic()
+        for delay in (0,) + RETRY_DELAYS:
             partial = [dom for dom, record, _ in records if _skipped_job_fields(record)]
-            if not partial:
+            if delay == 0:
+                partial = [dom for dom in partial if dom.UUIDString() in self.busy]
+            elif time.monotonic() - started + delay > self.retry_budget:
                 break
+            else:
+                partial = [dom for dom in partial if dom.UUIDString() not in self.busy]
+            if not partial:
+                continue
             time.sleep(delay)
             try:
                 again = self._stamped(self.conn.domainListGetStats, partial, groups,
@@ -180,6 +202,7 @@ class Sampler:
                 break               # a domain went away meanwhile: keep what we have
             fresher = {dom.UUIDString(): (dom, record, when) for dom, record, when in again}
             records = [fresher.get(dom.UUIDString(), (dom, record, when)) for dom, record, when in records]
+        self.busy = {dom.UUIDString() for dom, record, _ in records if _skipped_job_fields(record)}
         return records
 
     def _per_domain(self):

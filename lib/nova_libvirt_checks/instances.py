@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 
 from . import metadata, plugin
 from .connection import STATE_WORDS, call_error, default_uri, libvirt_module, open_connection
-from .domstats import REASONS, Sampler
+from .domstats import JOB_HELD, REASONS, Sampler
 from .metadata import NovaInstance
 from .perfdata import label, token
 from .rates import METRICS, baseline, gauges, rates, remember, slowest_disk, to_state
@@ -330,7 +330,8 @@ def measure(args):
     names = Names(libvirt, memory.get("names"), args.metadata_ttl, now)
     asked = [spec for group in args.state_warning + args.state_critical for spec in group]
     sampler = Sampler(libvirt, conn, args.stats_mode, devices=names.devices,
-                      running_reasons=any(spec.startswith(("running:", "blocked:")) for spec in asked))
+                      running_reasons=any(spec.startswith(("running:", "blocked:")) for spec in asked),
+                      busy=memory.get("busy") or (), retry_budget=args.timeout / 20)
 
     def sample():
         try:
@@ -362,7 +363,7 @@ def measure(args):
 
     for inst in chosen:
         _measure(inst, samples.get(inst.uuid), previous.get(inst.uuid), baseline_in_run)
-    notes = list(dict.fromkeys(store.notes + _save(store, [first, samples], names, args)))
+    notes = list(dict.fromkeys(store.notes + _save(store, [first, samples], names, args, sampler.busy)))
     return evaluate(args, chosen, host_cpus, sampler.used_mode, notes)
 
 
@@ -421,6 +422,8 @@ def _this_boot(document):
         for uuid in set(samples) | set(older)}
     document["names"] = {u: e for u, e in names.items() if _valid_name(e)} \
         if isinstance(names, dict) else {}
+    busy = document.get("busy")
+    document["busy"] = [u for u in busy if _text(u)] if isinstance(busy, list) else []
     return document
 
 
@@ -441,6 +444,8 @@ def _measure(inst, sample, previous, baseline_in_run):
     if not inst.values:
         inst.note = ("no rates (restarted or counters reset during the check)" if baseline_in_run
                      else "collecting baseline, rates from the next run")
+    if sample.job_held:
+        inst.note = f"{inst.note}; {JOB_HELD}" if inst.note else JOB_HELD
     inst.values.update(gauges(sample))
     inst.slowest_disk = slowest_disk(previous, sample)
 
@@ -468,9 +473,10 @@ def _less_complete(sample, stored, max_age):
             and not set(stored["c"]) <= set(sample.counters))
 
 
-def _save(store, runs, names, args):
+def _save(store, runs, names, args, busy):
     """Add this run's samples (`runs`: the in-run baseline's, if any, and the last) to each
-    domain's history; merge with what concurrent runs stored meanwhile (under the lock)."""
+    domain's history; merge with what concurrent runs stored meanwhile (under the lock).
+    `busy`: the domains whose job was still held after the re-asks, for the next run's sampler."""
     def change(current):
         current = _this_boot(current) or {"version": STATE_VERSION, "boot": boot_id()}
         stored = current.get("history") or {}
@@ -482,6 +488,7 @@ def _save(store, runs, names, args):
             new = [to_state(s) for s in mine
                    if not _less_complete(s, theirs[-1] if theirs else None, args.max_age)]
             history[uuid] = remember(theirs, new, now, args.min_window, args.max_age)
+        current["busy"] = sorted(busy)
         current["samples"] = {uuid: entries[-1] for uuid, entries in history.items() if entries}
         current["history"] = {uuid: entries[:-1] for uuid, entries in history.items() if len(entries) > 1}
         known = current.get("names") or {}
