@@ -852,7 +852,7 @@ def test_a_domain_whose_job_stays_held_is_asked_once_and_said_unmeasured(libvirt
     assert job_held.held(), "the job was given back before the runs ended"
     for result in runs:
         assert_plugin_output(result, 0)
-        line = next(l for l in result.stdout.splitlines() if "nlc-nowait-held" in l)
+        line = next(text for text in result.stdout.splitlines() if "nlc-nowait-held" in text)
         assert instances_check.JOB_HELD in line, line
         perfdata = result.stdout.splitlines()[0].partition(" | ")[2]
         assert not re.search(r"held_5eed0000\.(memory|disk_\w+|mem_\w+)=", perfdata), perfdata
