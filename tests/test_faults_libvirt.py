@@ -837,13 +837,13 @@ def job_held(libvirtd):
         conn.close()
 
 
-def test_a_domain_whose_job_stays_held_is_asked_once_and_said_unmeasured(libvirtd, job_held, state_dir):
+def test_a_domain_whose_job_stays_held_is_said_unmeasured(libvirtd, job_held, state_dir):
     """A domain whose job another client holds for long (a migration, a hung QEMU monitor, a
-    dump): NOWAIT leaves its block and balloon fields out run after run. The check re-asks
-    within its small budget once, remembers the domain in its state, and later runs ask it
-    once without a pause; its line says its counters are unavailable because its job is held
-    (no zero rates, no memory label); the other instances keep every label. Once the job is
-    given back, the next run has it complete and forgets it."""
+    dump): NOWAIT leaves its block and balloon fields out run after run; the check re-asks
+    within its small budget, not at all once libvirt says the job is a long one (measured in
+    docs/faults-libvirt.md, not timed here). Its line says its counters are unavailable because
+    its job is held (no zero rates, no memory label); the other instances keep every label.
+    Once the job is given back, the next run has it complete."""
     deadline = time.monotonic() + 3
     while not job_held.held():                 # the holder thread has the job (QEMU stopped)
         assert time.monotonic() < deadline, "the job was never taken"
@@ -860,12 +860,10 @@ def test_a_domain_whose_job_stays_held_is_asked_once_and_said_unmeasured(libvirt
             base = label_base(guest["nova_name"], guest["uuid"])
             for metric in ("memory", "disk_read_bytes", "disk_write_ops"):
                 assert f"{base}.{metric}=" in perfdata, (base, metric, perfdata)
-    assert json.loads(read_state(state_dir))["busy"] == [BUSY_UUID]
     job_held()
     again = instances(state_dir, "--domain", WITH_BUSY, "-v")
     assert_plugin_output(again, 0)
     assert instances_check.JOB_HELD not in again.stdout, again.stdout
-    assert json.loads(read_state(state_dir))["busy"] == []
 
 
 def test_50_concurrent_runs_on_one_state_file(libvirtd, guest_recorder, state_dir):

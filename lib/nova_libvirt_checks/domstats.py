@@ -29,12 +29,13 @@ from .connection import DOMAIN_STATES
 ACTIVE_STATES = {1, 2, 3, 7}        # running, blocked, paused, pmsuspended: have live counters
 # NOWAIT leaves out what needs the domain's job while another client holds it (nova-compute,
 # ceilometer, collectd asking block or balloon stats: milliseconds): such domains are asked
-# again after these pauses, so that a run keeps every counter and every perfdata label; all the
-# re-asks of one sample stop within the sampler's budget (RETRY_BUDGET at most: a longer ladder,
-# 0.77 s, taxed every run while a domain stayed busy), and a domain still partial after them (a
-# long job: migration, a hung monitor, a dump) is asked only once, without a pause, while it
-# stays so (Sampler.busy, kept in the state between runs)
-RETRY_DELAYS = (0.02, 0.05, 0.1)
+# again after these short pauses (many chances to find the job free), so that a run keeps every
+# counter and every perfdata label; all the re-asks of one sample stop within the sampler's
+# budget (RETRY_BUDGET at most: a longer ladder, 0.77 s, taxed every run while a domain stayed
+# busy). A domain whose job (or monitor call) began HELD_FOR_MS ago or more (a migration, a
+# hung monitor, a dump) is not waited for at all: it stays partial, as NOWAIT intends.
+RETRY_DELAYS = (0.01, 0.02, 0.03, 0.05, 0.07, 0.1)
+HELD_FOR_MS = 1000
 RETRY_BUDGET = 0.25
 JOB_HELD = "block and memory counters unavailable: its job is held by another libvirt client"
 
@@ -102,20 +103,18 @@ class DomainSample:
 
 class Sampler:
     def __init__(self, libvirt, conn, mode="auto", devices=None, running_reasons=False,
-                 busy=(), retry_budget=RETRY_BUDGET):
+                 retry_budget=RETRY_BUDGET):
         """`devices(dom)` describes a domain for the per-domain path: a dict with the target
         names of its "disks" and "nics", in which the sampler notes "balloon": False once the
         domain answered memoryStats with nothing (no balloon driver), so as not to ask again.
         The per-domain path asks a running domain's reason only with `running_reasons`.
-        `busy`: uuids of the domains whose job was still held after the last sample's re-asks
-        (updated by each sample); `retry_budget`: seconds the re-asks of one sample may take."""
+        `retry_budget`: seconds the re-asks of one sample may take (RETRY_BUDGET at most)."""
         self.libvirt = libvirt
         self.conn = conn
         self.mode = mode
         self.devices = devices
         self.running_reasons = running_reasons
         self.used_mode = None
-        self.busy = set(busy)
         self.retry_budget = min(retry_budget, RETRY_BUDGET)
 
     def sample(self):
@@ -126,7 +125,6 @@ class Sampler:
                 self.used_mode = "bulk"
                 return self._disk_errors(samples, domains), domains
         self.used_mode = "per-domain"
-        self.busy = set()               # each domain asked in turn waits for its job
         samples, domains = self._per_domain()
         return self._disk_errors(samples, domains), domains
 
@@ -156,7 +154,6 @@ class Sampler:
             if exc.get_error_code() not in (lv.VIR_ERR_INVALID_ARG, lv.VIR_ERR_NO_SUPPORT):
                 raise
             records = self._stamped(self.conn.getAllDomainStats, groups, 0)  # older than NOWAIT
-            self.busy = set()
         else:
             records = self._complete(records, groups)
         samples, domains = {}, {}
@@ -165,7 +162,7 @@ class Sampler:
                                   when, record.get("vcpu.current"), reason=record.get("state.reason", 0))
             if sample.active:
                 _read_record(record, sample)
-                sample.job_held = sample.uuid in self.busy
+                sample.job_held = _skipped_job_fields(record)
             samples[sample.uuid] = sample
             domains[sample.uuid] = dom
         return samples, domains
@@ -181,20 +178,14 @@ class Sampler:
 
     def _complete(self, records, groups):
         """Ask the domains whose record lacks its job's fields again (NOWAIT, briefly, within
-        the budget): a domain in a long job stays partial, as NOWAIT intends. One still partial
-        at the last sample (self.busy) is asked once at once, not waited for. A record asked
-        again carries the time of its own answer."""
-        started = time.monotonic()
-        for delay in (0,) + RETRY_DELAYS:
-            partial = [dom for dom, record, _ in records if _skipped_job_fields(record)]
-            if delay == 0:
-                partial = [dom for dom in partial if dom.UUIDString() in self.busy]
-            elif time.monotonic() - started + delay > self.retry_budget:
+        the budget), except those in a long job. A record asked again carries the time of its
+        own answer."""
+        started, held = time.monotonic(), set()
+        for delay in RETRY_DELAYS:
+            partial = [dom for dom, record, _ in records
+                       if _skipped_job_fields(record) and not self._held_long(dom, held)]
+            if not partial or time.monotonic() - started + delay > self.retry_budget:
                 break
-            else:
-                partial = [dom for dom in partial if dom.UUIDString() not in self.busy]
-            if not partial:
-                continue
             time.sleep(delay)
             try:
                 again = self._stamped(self.conn.domainListGetStats, partial, groups,
@@ -203,8 +194,20 @@ class Sampler:
                 break               # a domain went away meanwhile: keep what we have
             fresher = {dom.UUIDString(): (dom, record, when) for dom, record, when in again}
             records = [fresher.get(dom.UUIDString(), (dom, record, when)) for dom, record, when in records]
-        self.busy = {dom.UUIDString() for dom, record, _ in records if _skipped_job_fields(record)}
         return records
+
+    def _held_long(self, dom, held):
+        """Whether libvirt says the domain's job or monitor call began HELD_FOR_MS ago or more
+        (virDomainGetControlInfo answers without the job); remembered in `held`."""
+        if dom.UUIDString() not in held:
+            try:
+                state, _details, since_ms = dom.controlInfo()
+            except self.libvirt.libvirtError:
+                return False
+            if state == self.libvirt.VIR_DOMAIN_CONTROL_OK or since_ms < HELD_FOR_MS:
+                return False
+            held.add(dom.UUIDString())
+        return True
 
     def _per_domain(self):
         lv = self.libvirt

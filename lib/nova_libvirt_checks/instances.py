@@ -331,7 +331,7 @@ def measure(args):
     asked = [spec for group in args.state_warning + args.state_critical for spec in group]
     sampler = Sampler(libvirt, conn, args.stats_mode, devices=names.devices,
                       running_reasons=any(spec.startswith(("running:", "blocked:")) for spec in asked),
-                      busy=memory.get("busy") or (), retry_budget=args.timeout / 20)
+                      retry_budget=args.timeout / 20)
 
     def sample():
         try:
@@ -363,7 +363,7 @@ def measure(args):
 
     for inst in chosen:
         _measure(inst, samples.get(inst.uuid), previous.get(inst.uuid), baseline_in_run)
-    notes = list(dict.fromkeys(store.notes + _save(store, [first, samples], names, args, sampler.busy)))
+    notes = list(dict.fromkeys(store.notes + _save(store, [first, samples], names, args)))
     return evaluate(args, chosen, host_cpus, sampler.used_mode, notes)
 
 
@@ -422,8 +422,6 @@ def _this_boot(document):
         for uuid in set(samples) | set(older)}
     document["names"] = {u: e for u, e in names.items() if _valid_name(e)} \
         if isinstance(names, dict) else {}
-    busy = document.get("busy")
-    document["busy"] = [u for u in busy if _text(u)] if isinstance(busy, list) else []
     return document
 
 
@@ -473,10 +471,9 @@ def _less_complete(sample, stored, max_age):
             and not set(stored["c"]) <= set(sample.counters))
 
 
-def _save(store, runs, names, args, busy):
+def _save(store, runs, names, args):
     """Add this run's samples (`runs`: the in-run baseline's, if any, and the last) to each
-    domain's history; merge with what concurrent runs stored meanwhile (under the lock).
-    `busy`: the domains whose job was still held after the re-asks, for the next run's sampler."""
+    domain's history; merge with what concurrent runs stored meanwhile (under the lock)."""
     def change(current):
         current = _this_boot(current) or {"version": STATE_VERSION, "boot": boot_id()}
         stored = current.get("history") or {}
@@ -488,7 +485,6 @@ def _save(store, runs, names, args, busy):
             new = [to_state(s) for s in mine
                    if not _less_complete(s, theirs[-1] if theirs else None, args.max_age)]
             history[uuid] = remember(theirs, new, now, args.min_window, args.max_age)
-        current["busy"] = sorted(busy)
         current["samples"] = {uuid: entries[-1] for uuid, entries in history.items() if entries}
         current["history"] = {uuid: entries[:-1] for uuid, entries in history.items() if len(entries) > 1}
         known = current.get("names") or {}
