@@ -945,7 +945,7 @@ def icinga2_daemon(conf_dirs, constants: dict | None = None, *, name: str = "ici
                  "NlcMetricSinkPort": d.metric_sink.port},
                 daemon_conf=os.path.join(TEMPLATES, "icinga2-daemon.conf")))
         os.chmod(main, 0o640)
-        for root, subdirs, files in os.walk(var):
+        for root, _subdirs, files in os.walk(var):
             _chown_daemon(root, *[os.path.join(root, x) for x in files])
         _chown_daemon(main)
         _require_readable([os.path.abspath(os.fspath(c)) for c in
@@ -1032,7 +1032,7 @@ def _nagios_setup(base: str, cfg_files, resource: dict | None, active_checks: bo
         f.write(_fill("nagios-main.cfg.in", {
             "BASE": base, "USER": user, "GROUP": group, "ACTIVE": 1 if active_checks else 0,
             "SERVICE_CHECK_TIMEOUT": int(service_check_timeout), "CFG_LINES": "\n".join(lines)}))
-    for root, subdirs, files in os.walk(os.path.join(base, "var")):
+    for root, _subdirs, files in os.walk(os.path.join(base, "var")):
         _chown_daemon(root, *[os.path.join(root, x) for x in files])
     return main
 

@@ -128,7 +128,7 @@ def deployed(icinga_tools, installed_plugins):
     try:
         target = os.path.join(base, "icinga")
         shutil.copytree(ICINGA, target, ignore=shutil.ignore_patterns("__pycache__"))
-        for root, dirs, files in os.walk(base):
+        for root, _dirs, files in os.walk(base):
             os.chmod(root, 0o755)
             for name in files:
                 os.chmod(os.path.join(root, name), 0o644)

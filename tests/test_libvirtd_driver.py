@@ -17,7 +17,7 @@ def test_default_test_driver_is_ok_with_versions_and_counts():
     result = run_check("check_libvirtd", "-U", "test:///default")
     assert_plugin_output(result, 0)
     assert "test:///default answered in" in result.text
-    assert "libvirt " in result.text and "1 domains (1 running)" in result.text
+    assert "libvirt " in result.text and "1 domain (1 running)" in result.text
     values = result.values()
     assert values["domains"] == 1 and values["domains_running"] == 1
     assert set(result.perfdata) == {"time", "domains", "domains_nostate", "domains_running",

@@ -347,10 +347,6 @@ def judge_amounts(amounts: dict[str, Amount], warning: dict, critical: dict) -> 
     return problems
 
 
-def plural(count: int, word: str) -> str:
-    return f"{count} {word}" + ("" if count == 1 else "s")
-
-
 def _names(hosts: list[Host], limit: int = 5) -> str:
     names = ", ".join(h.name for h in hosts[:limit])
     return names + (f" and {len(hosts) - limit} more" if len(hosts) > limit else "")
@@ -491,7 +487,7 @@ class HostLimitsContext(nagiosplugin.Context):
                           for h in offenders[:3])
         more = f"; and {len(offenders) - 3} more" if len(offenders) > 3 else ""
         return self.result_cls(_STATES[worst(offenders[0])],
-                               f"{len(offenders)} of {plural(len(usable), 'hypervisor')} over "
+                               f"{len(offenders)} of {sizes.plural(len(usable), 'hypervisor')} over "
                                f"limits: {shown}{more}", metric)
 
 
@@ -501,7 +497,7 @@ class UnreportedContext(nagiosplugin.Context):
     def evaluate(self, metric, resource):
         reading = resource.reading
         unreported = reading.unreported
-        text = (f"{plural(len(unreported), 'hypervisor')} without usable data in "
+        text = (f"{sizes.plural(len(unreported), 'hypervisor')} without usable data in "
                 f"{'Placement' if reading.source == 'placement' else 'Nova'}: "
                 + ", ".join(f"{h.name} ({h.unusable})" for h in unreported[:5])
                 + (f" and {len(unreported) - 5} more" if len(unreported) > 5 else ""))
@@ -527,7 +523,7 @@ def _cloud_hint(quantity: str):
 def _count_hint(word: str):
     def hint(metric, limit, resource):
         hosts = getattr(resource.reading, word)
-        return (f"{len(hosts)} of {plural(len(resource.reading.hosts), 'hypervisor')} {word}: "
+        return (f"{len(hosts)} of {sizes.plural(len(resource.reading.hosts), 'hypervisor')} {word}: "
                 f"{_names(hosts)}")
     return hint
 
@@ -591,7 +587,7 @@ class HypervisorsSummary(nagiosplugin.Summary):
         if reading is None:
             return ""
         hosts, usable = reading.hosts, reading.usable
-        head = f"{len(usable)} of {plural(len(hosts), 'hypervisor')} up and enabled"
+        head = f"{len(usable)} of {sizes.plural(len(hosts), 'hypervisor')} up and enabled"
         extra = []
         if reading.down:
             extra.append(f"{len(reading.down)} down")
@@ -664,7 +660,7 @@ class HypervisorsSummary(nagiosplugin.Summary):
             need = ", ".join(f"{rc} {n}" for rc, n in sorted(reading.needs[name].items()))
             hosts = sum(1 for rooms in cloud.rooms.values() if rooms.get(name))
             lines.append(f"flavor {name} ({need}): room for {cloud.fits[name]} more, "
-                         f"on {plural(hosts, 'hypervisor')}")
+                         f"on {sizes.plural(hosts, 'hypervisor')}")
         shown = reading.hosts if verbose else [
             h for h in reading.hosts if cloud.host_problems.get(id(h)) or not h.usable]
         lines.extend(self.host_line(results, h) for h in shown)
@@ -674,7 +670,7 @@ class HypervisorsSummary(nagiosplugin.Summary):
                           else "legacy fields: no allocation ratio, memory used includes the "
                                "host reservation")
             lines.append(f"source: {reading.source} ({ratio_note}); Nova microversion "
-                         f"{reading.microversion}; {plural(len(conn.requests), 'HTTP request')}"
+                         f"{reading.microversion}; {sizes.plural(len(conn.requests), 'HTTP request')}"
                          f" in {reading.elapsed:.3f} s")
             lines.append("connection: " + conn.describe())
         lines.extend(conn.notes)

@@ -12,11 +12,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from . import metadata, plugin
+from . import metadata, plugin, sizes
 from .connection import STATE_WORDS, call_error, default_uri, libvirt_module, open_connection
 from .domstats import JOB_HELD, REASONS, Sampler
 from .metadata import NovaInstance
-from .perfdata import label, token
+from .perfdata import labels_with_ids, token
 from .rates import METRICS, baseline, gauges, rates, remember, slowest_disk, to_state
 from .state import StateError, StateFile, boot_id, file_for
 from .thresholds import (COUNT_UNITS, MILLISECOND_UNITS, PLAIN_UNITS, SIZE_UNITS, breach,
@@ -298,19 +298,11 @@ def selected(args, inst):
 
 
 def instance_labels(instances):
-    """Per-instance perfdata label base: the Nova (or libvirt) name and 8 hex of the uuid;
-    unique (longer uuid where two collide) and unchanged while the instance lives."""
-    chosen = {}
-    for inst in sorted(instances, key=lambda i: i.uuid):
-        digits = 8
-        while True:
-            candidate = f"{label(inst.name)}_{inst.uuid.replace('-', '')[:digits]}"
-            if candidate not in chosen.values() or digits >= 32:
-                break
-            digits += 4
-        chosen[inst.uuid] = candidate
+    """Per-instance perfdata label base (perfdata.labels_with_ids): the Nova (or libvirt) name
+    and 8 hex of the uuid, unique and unchanged while the instance lives."""
+    labels = labels_with_ids((inst.uuid, inst.name) for inst in instances)
     for inst in instances:
-        inst.label = chosen[inst.uuid]
+        inst.label = labels[inst.uuid]
 
 
 # ---------------------------------------------------------------- measuring
@@ -620,7 +612,7 @@ def _summary(instances, offenders, total_problems, totals, unmeasured, measured)
 
 
 def _count(number):
-    return f"{number} instance" if number == 1 else f"{number} instances"
+    return sizes.plural(number, "instance")
 
 
 def _clip(text, chars):

@@ -101,7 +101,7 @@ class LibvirtdSummary(nagiosplugin.Summary):
         by_state = ", ".join(f"{d.counts[s]} {STATE_WORDS.get(s, s)}"
                              for s in DOMAIN_STATES.values() if d.counts[s])
         return (f"{d.uri} answered in {d.elapsed:.3f} s: libvirt {d.lib_version}, {d.hv_type} "
-                f"{d.hv_version} on {d.host}, {d.counts['total']} domains"
+                f"{d.hv_version} on {d.host}, {sizes.plural(d.counts['total'], 'domain')}"
                 + (f" ({by_state})" if by_state else ""))
 
     def problem(self, results: nagiosplugin.Results) -> str:

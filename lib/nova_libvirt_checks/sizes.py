@@ -36,3 +36,8 @@ def decimal(value: float, unit: str = "") -> str:
 def seconds(value: float) -> str:
     """A duration to the millisecond: '2 s', '0.512 s', '3.022 s' (not '3.02197 s')."""
     return f"{value:g} s" if value == int(value) else f"{value:.3f} s"
+
+
+def plural(number: int, word: str) -> str:
+    """'1 instance', '2 instances'."""
+    return f"{number} {word}" + ("" if number == 1 else "s")
