@@ -786,6 +786,89 @@ def test_guest_restarted_between_listing_and_stats(libvirtd, guest_recorder, vic
     assert "CPU" in victim_line and "collecting baseline" not in victim_line, again.stdout
 
 
+BUSY_UUID = "5eed0000-0000-4000-8000-00000000fa02"
+BUSY_XML = VICTIM_XML.replace("nlc-fault-victim", "nlc-nowait-held").replace(VICTIM_UUID, BUSY_UUID) \
+    .replace("<memballoon model='none'/>", "<memballoon model='virtio'/>") \
+    .replace("victim | evil&#10;INSTANCES OK - forged", "held")
+WITH_BUSY = "^(instance-0000000[12]|nlc-nowait-held)$"
+BUSY_HOLD_MAX = 8            # s: the job is given back by then whatever happens to the test
+
+
+@pytest.fixture
+def job_held(libvirtd):
+    """A transient paused QEMU domain of this test's own (nlc-nowait-held) whose job another
+    client holds: its QEMU is stopped (SIGSTOP) and a thread of the test asks its memory stats,
+    which takes the job and waits for the monitor. Only this domain waits; a detached process
+    resumes QEMU after BUSY_HOLD_MAX s even if the test dies, and the fixture resumes it at once
+    when done, then removes the domain. `release()` gives the job back earlier."""
+    import libvirt
+    conn = libvirt.open(libvirtd.uri)
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.lookupByUUIDString(BUSY_UUID).destroy()
+    dom = conn.createXML(BUSY_XML, libvirt.VIR_DOMAIN_START_PAUSED)
+    with open(f"/run/libvirt/qemu/{dom.name()}.pid") as handle:
+        pid = int(handle.read())
+    resumer = subprocess.Popen(["sh", "-c", f"sleep {BUSY_HOLD_MAX}; kill -CONT {pid}"], start_new_session=True)
+    os.kill(pid, signal.SIGSTOP)
+    holder_conn = libvirt.openReadOnly(libvirtd.uri)
+
+    def hold():
+        with contextlib.suppress(libvirt.libvirtError):
+            holder_conn.lookupByUUIDString(BUSY_UUID).memoryStats()
+    holder = threading.Thread(target=hold, daemon=True)
+
+    def release():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+        if holder.is_alive():
+            holder.join(10)
+
+    def held():              # asks libvirt's own view of the monitor: takes no job
+        return dom.controlInfo()[0] != libvirt.VIR_DOMAIN_CONTROL_OK
+
+    try:
+        holder.start()
+        release.held = held
+        yield release
+    finally:
+        release()
+        resumer.kill()
+        resumer.wait()
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.lookupByUUIDString(BUSY_UUID).destroy()
+        holder_conn.close()
+        conn.close()
+
+
+def test_a_domain_whose_job_stays_held_is_said_unmeasured(libvirtd, job_held, state_dir):
+    """A domain whose job another client holds for long (a migration, a hung QEMU monitor, a
+    dump): NOWAIT leaves its block and balloon fields out run after run; the check re-asks
+    within its small budget, not at all once libvirt says the job is a long one (measured in
+    docs/faults-libvirt.md, not timed here). Its line says its counters are unavailable because
+    its job is held (no zero rates, no memory label); the other instances keep every label.
+    Once the job is given back, the next run has it complete."""
+    deadline = time.monotonic() + 3
+    while not job_held.held():                 # the holder thread has the job (QEMU stopped)
+        assert time.monotonic() < deadline, "the job was never taken"
+        time.sleep(0.05)
+    runs = [instances(state_dir, "--domain", WITH_BUSY, "--interval", "0.3", "-v") for _ in range(3)]
+    assert job_held.held(), "the job was given back before the runs ended"
+    for result in runs:
+        assert_plugin_output(result, 0)
+        line = next(text for text in result.stdout.splitlines() if "nlc-nowait-held" in text)
+        assert instances_check.JOB_HELD in line, line
+        perfdata = result.stdout.splitlines()[0].partition(" | ")[2]
+        assert not re.search(r"held_5eed0000\.(memory|disk_\w+|mem_\w+)=", perfdata), perfdata
+        for guest in libvirtd.guests:
+            base = label_base(guest["nova_name"], guest["uuid"])
+            for metric in ("memory", "disk_read_bytes", "disk_write_ops"):
+                assert f"{base}.{metric}=" in perfdata, (base, metric, perfdata)
+    job_held()
+    again = instances(state_dir, "--domain", WITH_BUSY, "-v")
+    assert_plugin_output(again, 0)
+    assert instances_check.JOB_HELD not in again.stdout, again.stdout
+
+
 def test_50_concurrent_runs_on_one_state_file(libvirtd, guest_recorder, state_dir):
     """50 real processes at once, one state file: all answer OK within -t, the file is valid
     JSON with both guests, no temporary file is left, the next run has its rates."""

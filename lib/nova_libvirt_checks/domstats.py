@@ -29,8 +29,15 @@ from .connection import DOMAIN_STATES
 ACTIVE_STATES = {1, 2, 3, 7}        # running, blocked, paused, pmsuspended: have live counters
 # NOWAIT leaves out what needs the domain's job while another client holds it (nova-compute,
 # ceilometer, collectd asking block or balloon stats: milliseconds): such domains are asked
-# again after these pauses, so that a run keeps every counter and every perfdata label
-RETRY_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.4)
+# again after these short pauses (many chances to find the job free), so that a run keeps every
+# counter and every perfdata label; all the re-asks of one sample stop within the sampler's
+# budget (RETRY_BUDGET at most: a longer ladder, 0.77 s, taxed every run while a domain stayed
+# busy). A domain whose job (or monitor call) began HELD_FOR_MS ago or more (a migration, a
+# hung monitor, a dump) is not waited for at all: it stays partial, as NOWAIT intends.
+RETRY_DELAYS = (0.01, 0.02, 0.03, 0.05, 0.07, 0.1)
+HELD_FOR_MS = 1000
+RETRY_BUDGET = 0.25
+JOB_HELD = "block and memory counters unavailable: its job is held by another libvirt client"
 
 # virDomain<State>Reason, as libvirt names them (lower case): stable numbers of libvirt's ABI
 REASONS = {
@@ -76,6 +83,7 @@ class DomainSample:
     counters: Dict[str, int] = field(default_factory=dict)
     gauges: Dict[str, float] = field(default_factory=dict)
     error: Optional[str] = None      # why this domain could not be measured
+    job_held: bool = False           # NOWAIT left out the fields that need its job, even re-asked
     reason: int = 0                  # why it is in its state (REASONS)
     disk_errors: Dict[str, str] = field(default_factory=dict)   # paused on I/O error: disk -> error
 
@@ -94,17 +102,20 @@ class DomainSample:
 
 
 class Sampler:
-    def __init__(self, libvirt, conn, mode="auto", devices=None, running_reasons=False):
+    def __init__(self, libvirt, conn, mode="auto", devices=None, running_reasons=False,
+                 retry_budget=RETRY_BUDGET):
         """`devices(dom)` describes a domain for the per-domain path: a dict with the target
         names of its "disks" and "nics", in which the sampler notes "balloon": False once the
         domain answered memoryStats with nothing (no balloon driver), so as not to ask again.
-        The per-domain path asks a running domain's reason only with `running_reasons`."""
+        The per-domain path asks a running domain's reason only with `running_reasons`.
+        `retry_budget`: seconds the re-asks of one sample may take (RETRY_BUDGET at most)."""
         self.libvirt = libvirt
         self.conn = conn
         self.mode = mode
         self.devices = devices
         self.running_reasons = running_reasons
         self.used_mode = None
+        self.retry_budget = min(retry_budget, RETRY_BUDGET)
 
     def sample(self):
         """{uuid: DomainSample} for every domain on the host, and the virDomain objects."""
@@ -151,6 +162,7 @@ class Sampler:
                                   when, record.get("vcpu.current"), reason=record.get("state.reason", 0))
             if sample.active:
                 _read_record(record, sample)
+                sample.job_held = _skipped_job_fields(record)
             samples[sample.uuid] = sample
             domains[sample.uuid] = dom
         return samples, domains
@@ -165,12 +177,14 @@ class Sampler:
         return [(dom, record, when) for dom, record in records]
 
     def _complete(self, records, groups):
-        """Ask the domains whose record lacks its job's fields again (NOWAIT, briefly): a domain
-        in a long job (migration, a hung monitor) stays partial, as NOWAIT intends. A record
-        asked again carries the time of its own answer."""
+        """Ask the domains whose record lacks its job's fields again (NOWAIT, briefly, within
+        the budget), except those in a long job. A record asked again carries the time of its
+        own answer."""
+        started, held = time.monotonic(), set()
         for delay in RETRY_DELAYS:
-            partial = [dom for dom, record, _ in records if _skipped_job_fields(record)]
-            if not partial:
+            partial = [dom for dom, record, _ in records
+                       if _skipped_job_fields(record) and not self._held_long(dom, held)]
+            if not partial or time.monotonic() - started + delay > self.retry_budget:
                 break
             time.sleep(delay)
             try:
@@ -181,6 +195,19 @@ class Sampler:
             fresher = {dom.UUIDString(): (dom, record, when) for dom, record, when in again}
             records = [fresher.get(dom.UUIDString(), (dom, record, when)) for dom, record, when in records]
         return records
+
+    def _held_long(self, dom, held):
+        """Whether libvirt says the domain's job or monitor call began HELD_FOR_MS ago or more
+        (virDomainGetControlInfo answers without the job); remembered in `held`."""
+        if dom.UUIDString() not in held:
+            try:
+                state, _details, since_ms = dom.controlInfo()
+            except self.libvirt.libvirtError:
+                return False
+            if state == self.libvirt.VIR_DOMAIN_CONTROL_OK or since_ms < HELD_FOR_MS:
+                return False
+            held.add(dom.UUIDString())
+        return True
 
     def _per_domain(self):
         lv = self.libvirt

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 
 from . import metadata, plugin, sizes
 from .connection import STATE_WORDS, call_error, default_uri, libvirt_module, open_connection
-from .domstats import REASONS, Sampler
+from .domstats import JOB_HELD, REASONS, Sampler
 from .metadata import NovaInstance
 from .perfdata import labels_with_ids, token
 from .rates import METRICS, baseline, gauges, rates, remember, slowest_disk, to_state
@@ -322,7 +322,8 @@ def measure(args):
     names = Names(libvirt, memory.get("names"), args.metadata_ttl, now)
     asked = [spec for group in args.state_warning + args.state_critical for spec in group]
     sampler = Sampler(libvirt, conn, args.stats_mode, devices=names.devices,
-                      running_reasons=any(spec.startswith(("running:", "blocked:")) for spec in asked))
+                      running_reasons=any(spec.startswith(("running:", "blocked:")) for spec in asked),
+                      retry_budget=args.timeout / 20)
 
     def sample():
         try:
@@ -433,6 +434,8 @@ def _measure(inst, sample, previous, baseline_in_run):
     if not inst.values:
         inst.note = ("no rates (restarted or counters reset during the check)" if baseline_in_run
                      else "collecting baseline, rates from the next run")
+    if sample.job_held:
+        inst.note = f"{inst.note}; {JOB_HELD}" if inst.note else JOB_HELD
     inst.values.update(gauges(sample))
     inst.slowest_disk = slowest_disk(previous, sample)
 
