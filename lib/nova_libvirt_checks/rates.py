@@ -6,8 +6,8 @@ of two deltas over the same window (pressure()).
 A rate needs two samples of the same run of the same domain: when the domain was restarted
 in between (its libvirt id changed), or any counter went backwards (re-created or migrated
 back under the same id - libvirtd hands out ids from 1 again after its own restart -, a device
-unplugged and another plugged under the same name), the domain has no rates this time, and
-the next run compares with this sample: never a negative rate, never a spike made of a whole
+unplugged and another plugged under the same name), the domain has no rates from that sample:
+the run takes its own baseline (samples twice, --interval apart), as on a first run: never a negative rate, never a spike made of a whole
 counter's value, never a half set of metrics.
 
 Each domain keeps a short history of samples (state file, shared by every run on the URI
