@@ -323,7 +323,7 @@ def measure(args):
     asked = [spec for group in args.state_warning + args.state_critical for spec in group]
     sampler = Sampler(libvirt, conn, args.stats_mode, devices=names.devices,
                       running_reasons=any(spec.startswith(("running:", "blocked:")) for spec in asked),
-                      retry_budget=args.timeout / 20)
+                      retry_budget=args.timeout / 10)
 
     def sample():
         try:
