@@ -100,10 +100,15 @@ def shape(output):
     lines = output.rstrip("\n").split("\n")
     first, _, perf = lines[0].partition(" | ")
 
+    # without the disk latencies, as in labels_of(): they exist only for a window in which the
+    # disk had requests of that kind (issue 13), so two runs a moment apart may differ
     def plain(text):
-        return SI_PREFIX.sub(r"\1 \2", NUMBER.sub("#", text))
+        return LATENCY.sub("", SI_PREFIX.sub(r"\1 \2", NUMBER.sub("#", text)))
     return ([plain(first)] + [plain(line) for line in lines[1:]],
-            [(t[0], t[2], t[3], t[4], t[5], t[6]) for t in tokens(perf)])
+            [(t[0], t[2], t[3], t[4], t[5], t[6]) for t in tokens(perf) if not t[0].endswith("_latency")])
+
+
+LATENCY = re.compile(r", disk (?:read|write|flush) latency # ms")
 
 
 def labels_of(perfdata_list):
