@@ -50,6 +50,12 @@ def run(argv, **kw):
     return subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, **kw)
 
 
+def steady_labels(text):
+    """The perfdata labels of a run, without the disk latencies (present only when the window
+    had requests of that kind, so two runs a moment apart may differ)."""
+    return {label for label in perfdata(text) if not label.endswith("_latency")}
+
+
 def perfdata(text):
     """{label: value} of a plugin's output (the perfdata after the first '|')."""
     first = text.split("\n", 1)[0]
@@ -226,8 +232,9 @@ def test_compute_checks_through_installed_nrpe_file(installed, libvirtd, monitor
         assert f"{guest['nova_name']} ({guest['tenant_name']}) [{guest['name']} {guest['uuid']}" in instances
     venv = run([VENV_PYTHON, f"{CHECKS}/check_libvirt_instances", "--interval", "1"])
     assert venv.returncode == 0, venv
-    # the same instances, metrics and labels from Debian's libraries as from PyPI's
-    assert set(perfdata(instances)) == set(perfdata(venv.stdout))
+    # the same instances, metrics and labels from Debian's libraries as from PyPI's (the disk
+    # latencies aside: they exist only for a window in which the disk had requests, issue 13)
+    assert steady_labels(instances) == steady_labels(venv.stdout)
     totals_only = answers.get("check_libvirt_instances_1k")
     if totals_only is not None:
         assert len(totals_only.stdout.encode()) <= 1000
