@@ -34,7 +34,8 @@ from . import plugin, sizes
 from .capacity import (RESOURCES, WORDS, Amount, FlavorError, Host, cloud_room, flavor_needs,
                        room, totals)
 from .perfdata import label, labels_by_name
-from .thresholds import PLAIN_UNITS, SIZE_UNITS, format_number, parse_range, range_type, state_of
+from .thresholds import (PLAIN_UNITS, SIZE_UNITS, breach, describe_breach, format_number,
+                         parse_range, range_type)
 
 NAME = "HYPERVISORS"
 
@@ -81,24 +82,23 @@ def limit_type(text: str) -> tuple:
     if resource != "vcpus" and _has_unitless_number(spec):
         _fail(f"{text!r}: give {resource} a unit, e.g. {name}=64Gi: (K M G T x1000, "
               f"Ki Mi Gi Ti x1024)")
-    try:
-        rng = parse_range(spec, {"": 1} if resource == "vcpus" else SIZE_UNITS)
-    except ValueError:
-        _fail(f"not a valid range: {text!r}")
-    if not _lower_bound_only(rng):
-        _fail(f"{text!r} would alert when MORE is free; write {name}={spec.rstrip(':')}: to "
-              f"alert when less than that is left")
-    return name, rng
+    return name, _room_range(text, spec, {"": 1} if resource == "vcpus" else SIZE_UNITS,
+                             f"{name}=", "is free", "less than that is left")
 
 
 def fits_type(text: str):
+    return _room_range(text, text, {"": 1}, "", "instances fit", "fewer fit")
+
+
+def _room_range(text: str, spec: str, units, prefix: str, more: str, less: str):
+    """A range on room left (free, fits), which may only alert when there is too little."""
     try:
-        rng = parse_range(text, {"": 1})
+        rng = parse_range(spec, units)
     except ValueError:
         _fail(f"not a valid range: {text!r}")
     if not _lower_bound_only(rng):
-        _fail(f"{text!r} would alert when MORE instances fit; write {text.rstrip(':')}: to "
-              f"alert when fewer fit")
+        _fail(f"{text!r} would alert when MORE {more}; write {prefix}{spec.rstrip(':')}: to "
+              f"alert when {less}")
     return rng
 
 
@@ -307,42 +307,42 @@ def human(resource: str, value: float) -> str:
     return sizes.count(value) if resource == "vcpus" else sizes.size(value)
 
 
-def describe_limit(quantity: str, value: float, rng) -> str:
-    """'vCPUs 85% used > 80%' / 'memory 40 GiB free < 64 GiB'."""
-    resource = quantity[:-5] if quantity.endswith("_free") else quantity
+def resource_of(quantity: str) -> str:
+    """vcpus for a limit on vcpus (% used) or vcpus_free (amount left)."""
+    return quantity[:-5] if quantity.endswith("_free") else quantity
+
+
+def show(quantity: str) -> tuple:
+    """How a limit on `quantity` reads: (its value, the range's ends) as '85.0% used', '80%'
+    or '40 GiB free', '64 GiB'. One decimal for % used ("10% > 10%" would puzzle), the
+    bounds as given."""
+    resource = resource_of(quantity)
     if quantity.endswith("_free"):
-        shown, bound = human(resource, value), lambda x: human(resource, x)
-        what = f"{WORDS[resource]} {shown} free"
-    else:
-        # one decimal: "10% > 10%" would puzzle; bounds as given
-        shown, bound = f"{value:.1f}%", lambda x: format_number(x) + "%"
-        what = f"{WORDS[resource]} {shown} used"
-    if rng.invert:
-        return f"{what} inside {bound(rng.start)}..{bound(rng.end)}"
-    if value > rng.end:
-        return f"{what} > {bound(rng.end)}"
-    return f"{what} < {bound(rng.start)}"
+        return (lambda value: f"{human(resource, value)} free"), (lambda x: human(resource, x))
+    return (lambda value: f"{value:.1f}% used"), (lambda x: format_number(x) + "%")
+
+
+def breach_text(quantity: str, value: float, limit) -> str:
+    """'vCPUs 85.0% used > 80%' / 'memory 40 GiB free < 64 GiB'."""
+    return f"{WORDS[resource_of(quantity)]} {describe_breach(value, limit, *show(quantity))}"
 
 
 def _quantity_order(quantity: str):
-    resource = quantity[:-5] if quantity.endswith("_free") else quantity
-    return RESOURCES.index(resource), quantity
+    return RESOURCES.index(resource_of(quantity)), quantity
 
 
 def judge_amounts(amounts: dict[str, Amount], warning: dict, critical: dict) -> list:
     """Problems of one set of amounts against limits: [(state, text)], worst first."""
     problems = []
     for quantity in sorted(set(warning) | set(critical), key=_quantity_order):
-        resource = quantity[:-5] if quantity.endswith("_free") else quantity
-        amount = amounts.get(resource)
+        amount = amounts.get(resource_of(quantity))
         if amount is None:
-            problems.append((plugin.UNKNOWN, f"{WORDS[resource]} not reported"))
+            problems.append((plugin.UNKNOWN, f"{WORDS[resource_of(quantity)]} not reported"))
             continue
         value = amount.value(quantity)
-        state = state_of(value, warning.get(quantity), critical.get(quantity))
+        state, limit = breach(value, warning.get(quantity), critical.get(quantity))
         if state:
-            limit = critical[quantity] if state == plugin.CRITICAL else warning[quantity]
-            problems.append((state, describe_limit(quantity, value, limit)))
+            problems.append((state, breach_text(quantity, value, limit)))
     problems.sort(key=lambda p: -p[0])
     return problems
 
@@ -435,30 +435,12 @@ class Hypervisors(nagiosplugin.Resource):
 
 # ---------------------------------------------------------------- the Contexts
 
-_STATES = {plugin.OK: nagiosplugin.Ok, plugin.WARNING: nagiosplugin.Warn,
-           plugin.CRITICAL: nagiosplugin.Critical, plugin.UNKNOWN: nagiosplugin.Unknown}
-
-
-class LimitContext(nagiosplugin.Context):
-    """A Metric against a warning and a critical range, the breach worded by `hint(value,
-    range, resource)`; its perfdata carries the ranges. No range: nothing to judge."""
-
-    def __init__(self, name: str, warning=None, critical=None, hint=None, judge: bool = True):
-        super().__init__(name)
-        self.warning, self.critical = warning, critical
-        self.hint = hint
-        self.judge = judge
+class ShownLimits(plugin.ThresholdContext):
+    """Each hypervisor's % used: its limits shown in the perfdata, judged by
+    HostLimitsContext (which names the worst in one breach)."""
 
     def evaluate(self, metric, resource):
-        state = state_of(metric.value, self.warning, self.critical) if self.judge else 0
-        if not state:
-            return self.result_cls(nagiosplugin.Ok, None, metric)
-        limit = self.critical if state == plugin.CRITICAL else self.warning
-        return self.result_cls(_STATES[state], self.hint(metric, limit, resource), metric)
-
-    def performance(self, metric, resource):
-        return nagiosplugin.Performance(metric.name, metric.value, metric.uom or "",
-                                        self.warning, self.critical, metric.min, metric.max)
+        return self.result_cls(nagiosplugin.Ok, None, metric)
 
 
 class HostLimitsContext(nagiosplugin.Context):
@@ -486,7 +468,7 @@ class HostLimitsContext(nagiosplugin.Context):
         shown = "; ".join(f"{h.name} " + ", ".join(t for _, t in resource.host_problems[id(h)])
                           for h in offenders[:3])
         more = f"; and {len(offenders) - 3} more" if len(offenders) > 3 else ""
-        return self.result_cls(_STATES[worst(offenders[0])],
+        return self.result_cls(plugin.STATES[worst(offenders[0])],
                                f"{len(offenders)} of {sizes.plural(len(usable), 'hypervisor')} over "
                                f"limits: {shown}{more}", metric)
 
@@ -515,7 +497,7 @@ class NotReportedContext(nagiosplugin.Context):
 
 def _cloud_hint(quantity: str):
     def hint(metric, limit, resource):
-        text = describe_limit(quantity, metric.value, limit)
+        text = breach_text(quantity, metric.value, limit)
         return f"cloud {text}" if resource.reading.usable else f"{text} (no usable hypervisor)"
     return hint
 
@@ -542,17 +524,18 @@ def contexts(args: argparse.Namespace) -> list[nagiosplugin.Context]:
     for resource in RESOURCES:
         for quantity in (f"{resource}_free", resource):
             name = quantity if quantity.endswith("_free") else f"{resource}_used_pct"
-            found.append(LimitContext(name, limits.cloud_warning.get(quantity),
-                                      limits.cloud_critical.get(quantity), _cloud_hint(quantity)))
-        # per-hypervisor % used: its limits shown in the perfdata, judged by HostLimitsContext
-        found.append(LimitContext(f"host {resource}_used_pct", limits.host_warning.get(resource),
-                                  limits.host_critical.get(resource), judge=False))
-    found.append(LimitContext("hypervisors_down", limits.down_warning, limits.down_critical,
-                              _count_hint("down")))
-    found.append(LimitContext("hypervisors_disabled", limits.disabled_warning,
-                              limits.disabled_critical, _count_hint("disabled")))
+            found.append(plugin.ThresholdContext(name, limits.cloud_warning.get(quantity),
+                                                 limits.cloud_critical.get(quantity),
+                                                 hint=_cloud_hint(quantity)))
+        found.append(ShownLimits(f"host {resource}_used_pct", limits.host_warning.get(resource),
+                                 limits.host_critical.get(resource)))
+    found.append(plugin.ThresholdContext("hypervisors_down", limits.down_warning,
+                                         limits.down_critical, hint=_count_hint("down")))
+    found.append(plugin.ThresholdContext("hypervisors_disabled", limits.disabled_warning,
+                                         limits.disabled_critical, hint=_count_hint("disabled")))
     found.append(HostLimitsContext(limits.host_warning, limits.host_critical))
-    found.append(LimitContext("fits", limits.fit_warning, limits.fit_critical, _fits_hint))
+    found.append(plugin.ThresholdContext("fits", limits.fit_warning, limits.fit_critical,
+                                         hint=_fits_hint))
     return found
 
 

@@ -30,8 +30,8 @@ from .thresholds import breach, describe_breach, format_number
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATE_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
-_STATES = {OK: nagiosplugin.Ok, WARNING: nagiosplugin.Warn, CRITICAL: nagiosplugin.Critical,
-           UNKNOWN: nagiosplugin.Unknown}
+STATES = {OK: nagiosplugin.Ok, WARNING: nagiosplugin.Warn, CRITICAL: nagiosplugin.Critical,
+          UNKNOWN: nagiosplugin.Unknown}     # our codes as nagiosplugin's states
 
 # Without Runtime nobody gives nagiosplugin's logger a handler, and Python's last-resort one
 # writes to stderr, which Icinga 2 appends to the plugin output.
@@ -74,23 +74,31 @@ class ThresholdContext(nagiosplugin.ScalarContext):
     """A ScalarContext for our ranges, worded as the operator reads them.
 
     `what` names the quantity in a breach ("paused domains 1 > 0", "response time 0.612 s >
-    0.500 s"); `show` formats its values. We override ScalarContext because its hint reads
-    "outside range 0:0.5" and its missing threshold becomes Range('0:'), which a negative value
-    would break; here a missing threshold judges nothing.
+    0.500 s"); `show` formats its values. Where the words need more than the metric (the
+    hypervisors a count stands for), `hint(metric, broken range, resource)` words the breach
+    instead. We override ScalarContext because its hint reads "outside range 0:0.5" and its
+    missing threshold becomes Range('0:'), which a negative value would break; here a missing
+    threshold judges nothing.
     """
 
     def __init__(self, name: str, warning: Optional[nagiosplugin.Range] = None,
                  critical: Optional[nagiosplugin.Range] = None, what: Optional[str] = None,
-                 show: Callable[[float], str] = format_number) -> None:
+                 show: Callable[[float], str] = format_number,
+                 hint: Optional[Callable[[nagiosplugin.Metric, nagiosplugin.Range,
+                                          nagiosplugin.Resource], str]] = None) -> None:
         super().__init__(name, warning, critical, fmt_metric=None)
         self.limits = (warning, critical)
         self.what = what or name
         self.show = show
+        self.hint = hint
 
     def evaluate(self, metric: nagiosplugin.Metric, resource: nagiosplugin.Resource) -> nagiosplugin.Result:
         state, limit = breach(metric.value, *self.limits)
-        hint = f"{self.what} {describe_breach(metric.value, limit, self.show)}" if state else None
-        return self.result_cls(_STATES[state], hint, metric)
+        if not state:
+            return self.result_cls(STATES[state], None, metric)
+        hint = (self.hint(metric, limit, resource) if self.hint
+                else f"{self.what} {describe_breach(metric.value, limit, self.show)}")
+        return self.result_cls(STATES[state], hint, metric)
 
     def performance(self, metric: nagiosplugin.Metric,
                     resource: nagiosplugin.Resource) -> nagiosplugin.Performance:

@@ -150,11 +150,14 @@ def breach(value: Number, warning: Optional[nagiosplugin.Range] = None,
 
 
 def describe_breach(value: Number, rng: nagiosplugin.Range,
-                    show: Callable[[Number], str] = format_number) -> str:
-    """How a value breaks a range, in the operator's terms: '12 > 10', '3 < 5', '15 inside 10..20'."""
+                    show: Callable[[Number], str] = format_number,
+                    show_limit: Optional[Callable[[Number], str]] = None) -> str:
+    """How a value breaks a range, in the operator's terms: '12 > 10', '3 < 5', '15 inside 10..20'.
+    `show` formats the value, `show_limit` the range's ends where they read otherwise
+    ('85.0% used > 80%'; default: as the value)."""
+    bound = show_limit or show
     if rng.invert:
-        return f"{show(value)} inside {show(rng.start)}..{show(rng.end)}"
+        return f"{show(value)} inside {bound(rng.start)}..{bound(rng.end)}"
     if value > rng.end:
-        return f"{show(value)} > {show(rng.end)}"
-    return f"{show(value)} < {show(rng.start)}"
-
+        return f"{show(value)} > {bound(rng.end)}"
+    return f"{show(value)} < {bound(rng.start)}"
