@@ -5,8 +5,9 @@
 
 Starts a second local cloud beside the tests' one (tests/harness/cloud/start with its own
 directory and ports, one ordinary compute), then one more nova-compute whose fake driver
-reports --nodes nodes (bench/fake_compute_nodes.py), maps it, waits until Nova lists every
-hypervisor and Placement has an inventory for each; then runs bench/rebase_nova.py's
+reports --nodes nodes (tests/fixtures_cloud.py's ExtraCompute, as tests/test_nova_scale.py
+does on the tests' cloud), which maps it and waits until Nova lists every hypervisor up and
+Placement has an inventory for each; then runs bench/rebase_nova.py's
 comparison against it (warm check vs the same-library script vs a fresh login), reports the
 output size (NRPE carries 64 KB), the requests of one run, and how much of a run is the local
 Placement's own time (its uwsgi log's request times). Stops all of it at the end (--keep:
@@ -16,7 +17,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -45,40 +45,15 @@ def main():
     if proc.returncode:
         raise SystemExit("the scale cloud did not start")
     print(f"scale cloud up in {time.monotonic() - started:.0f} s", flush=True)
-    venv = env.get("NLC_CLOUD_VENV", "/var/tmp/nlc-test/cloud-venv")
-    conf = os.path.join(cloud_dir, "etc", "nova", "scale.conf")
-    state = os.path.join(cloud_dir, "data", "scale")
-    os.makedirs(state, exist_ok=True)
-    with open(conf, "w") as f:
-        f.write(f"[DEFAULT]\nhost = scale\nstate_path = {state}\n")
-    nova_conf = os.path.join(cloud_dir, "etc", "nova", "nova.conf")
-    log = open(os.path.join(cloud_dir, "log", "nova-compute-scale.out"), "ab")
-    compute = subprocess.Popen(
-        [f"{venv}/bin/python", os.path.join(ROOT, "bench", "fake_compute_nodes.py"),
-         "--config-file", nova_conf, "--config-file", conf, "--log-file",
-         os.path.join(cloud_dir, "log", "nova-compute-scale.log")],
-        env=dict(env, FAKE_NODES=str(args.nodes), FAKE_VCPUS="32", FAKE_MEMORY_MB="131072",
-                 FAKE_LOCAL_GB="1000"), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-        start_new_session=True)
+    from tests.fixtures_cloud import Cloud, ExtraCompute
+    cloud = Cloud(cloud_dir)
+    # the one extra nova-compute whose fake driver reports --nodes nodes, as the tests' own
+    extra = ExtraCompute(cloud, args.nodes, vcpus=32, memory_mb=131072, local_gb=1000)
     try:
-        from tests.fixtures_cloud import Cloud
-        cloud = Cloud(cloud_dir)
-        want = args.nodes + 1
-        deadline = time.monotonic() + 900
-        while True:
-            # the new host must be mapped to cell1 before Nova lists its hypervisors
-            subprocess.run([f"{venv}/bin/nova-manage", "--config-file", nova_conf, "cell_v2",
-                            "discover_hosts"], env=env, capture_output=True)
-            hv = cloud.nova("GET", "/os-hypervisors?limit=1000", microversion="2.53").json()
-            providers = cloud.placement("GET", "/resource_providers?resources=VCPU:1").json()
-            n, p = len(hv.get("hypervisors", [])), len(providers.get("resource_providers", []))
-            if n >= want and p >= want:
-                break
-            if compute.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"only {n} hypervisors, {p} providers with room")
-            time.sleep(3)
-        print(f"{n} hypervisors, {p} providers with inventories, "
-              f"{time.monotonic() - started:.0f} s after the start", flush=True)
+        extra.start()
+        print(f"{args.nodes + 1} hypervisors, every one with an inventory in Placement, "
+              f"{time.monotonic() - started:.0f} s after the start ({extra.seconds['start']:.0f} s "
+              f"for the extra nodes)", flush=True)
         scale_env = dict(os.environ, **cloud.env, NOVA_LIBVIRT_CHECKS_STATE_DIR=os.path.join(
             cloud_dir, "bench-state"))
         # one run alone: output size, requests, Placement's own share of the time
@@ -109,9 +84,8 @@ def main():
                         "--runs", str(args.runs), "--timeout", "60"], env=env_bench)
         print(json.dumps({"nodes": args.nodes, "seconds": round(time.monotonic() - started)}))
     finally:
-        os.killpg(compute.pid, signal.SIGTERM)
-        compute.wait(60)
         if not args.keep:
+            extra.remove()
             subprocess.run([os.path.join(HARNESS, "stop")], env=env)
 
 

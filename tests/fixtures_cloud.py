@@ -18,6 +18,8 @@ use admin too), so a test that counts tokens should use its own user: function f
 import contextlib
 import json
 import os
+import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -29,6 +31,7 @@ HARNESS = os.path.join(ROOT, "tests", "harness", "cloud")
 START = os.path.join(HARNESS, "start")
 STOP = os.path.join(HARNESS, "stop")
 SERVICE = os.path.join(HARNESS, "service")
+EXTRA_COMPUTE = os.path.join(HARNESS, "extra", "fake_compute_nodes.py")
 RESTARTABLE = ("keystone", "placement", "nova-api", "image-stub", "nova-conductor", "nova-scheduler")
 COMPUTE_MV = "2.53"     # os-services by UUID, forced_down and disabled_reason in one PUT
 
@@ -37,11 +40,16 @@ def _tail(text, lines=40):
     return "\n".join((text or "").rstrip().splitlines()[-lines:])
 
 
-def cloud_dir():
-    """$NLC_CLOUD_DIR as the harness resolves it (cloud.env holds the default)."""
-    out = subprocess.run(["bash", "-c", '. "$1/cloud.env" && printf %s "$NLC_CLOUD_DIR"', "_", HARNESS],
+def cloud_setting(name):
+    """A setting (NLC_CLOUD_DIR, NLC_CLOUD_VENV...) as the harness resolves it (cloud.env holds
+    the defaults, the environment overrides them)."""
+    out = subprocess.run(["bash", "-c", f'. "$1/cloud.env" && printf %s "${name}"', "_", HARNESS],
                          capture_output=True, text=True, check=True)
     return out.stdout
+
+
+def cloud_dir():
+    return cloud_setting("NLC_CLOUD_DIR")
 
 
 class CloudError(RuntimeError):
@@ -284,6 +292,22 @@ class Cloud:
                 self.force_down(host, False)
             if svc.get("status") != "enabled" and not self._held_by_other(f"disabled-{host}"):
                 self.enable(host)
+        self.remove_extra_computes()
+
+    def remove_extra_computes(self):
+        """Remove what an ExtraCompute left behind, held by no live process (killed mid-test)."""
+        for host in self.compute_services():
+            key = f"compute-{host}"
+            if host.startswith(ExtraCompute.PREFIX) and not self._held_by_other(key) \
+                    and not self._held_here(key):
+                remove_extra_compute(self, host)
+
+    def _held_here(self, key):
+        try:
+            with open(self._held(key)) as f:
+                return f.read().strip() == str(os.getpid())
+        except OSError:
+            return False
 
 
 # Flavors that boot nothing, made for the flavor-room oracle: what Nova's scheduler asks of
@@ -353,6 +377,155 @@ class KeystoneUser:
 
     def token_requests(self, **kw):
         return self.cloud.token_requests(user=self.name, **kw)
+
+
+class ExtraCompute:
+    """One more nova-compute on a running cloud, its fake driver reporting `nodes` nodes of
+    one size (tests/harness/cloud/extra/fake_compute_nodes.py): many hypervisors from one
+    process. Its host is `nlc-extra-XXXXXX` (new each time: Nova keeps deleted compute nodes,
+    and their UUIDs follow from the node names), its nodes `<host>-node001`...
+
+    `start()` launches it (pid file beside the cloud's own services: `stop` and a rebuild end
+    it too), maps it to cell1 and waits until Nova lists every node and Placement has an
+    inventory for each. `remove()` ends it and deletes its compute service: Nova deletes the
+    compute nodes, their resource providers and the host mapping, and any provider left is
+    deleted here; the cloud is as cloud.json describes it again. A process that dies inside
+    leaves it held (run/held): the next `Cloud.reset()` removes it (`remove_extra_computes`).
+    """
+
+    PREFIX = "nlc-extra-"
+
+    def __init__(self, cloud, nodes, vcpus, memory_mb, local_gb, ram_allocation_ratio=1.0):
+        self.cloud, self.nodes = cloud, nodes
+        self.sizes = {"vcpus": vcpus, "memory_mb": memory_mb, "local_gb": local_gb,
+                      "ram_allocation_ratio": ram_allocation_ratio}
+        self.host = f"{self.PREFIX}{uuid.uuid4().hex[:6]}"
+        self.names = [f"{self.host}-node{i:03d}" for i in range(1, nodes + 1)]
+        self.seconds = {}                               # start, remove: how long they took
+
+    def _path(self, *parts):
+        return os.path.join(self.cloud.dir, *parts)
+
+    def start(self, timeout=900):
+        t0 = time.monotonic()
+        self.cloud._hold(f"compute-{self.host}")
+        venv = cloud_setting("NLC_CLOUD_VENV")
+        state = self._path("data", self.host)
+        os.makedirs(state, exist_ok=True)
+        conf = self._path("etc", "nova", f"{self.host}.conf")
+        with open(conf, "w") as f:
+            # no update_available_resource periodic: it would re-report every node each minute,
+            # loading Placement under the check; the start-up pass reports them all
+            f.write(f"[DEFAULT]\nhost = {self.host}\nstate_path = {state}\n"
+                    f"ram_allocation_ratio = {self.sizes['ram_allocation_ratio']}\n"
+                    f"update_resources_interval = -1\n")
+        nova_conf = ["--config-file", self._path("etc", "nova", "nova.conf")]
+        name = f"nova-compute-{self.host}"
+        with open(self._path("log", f"{name}.out"), "ab") as out:
+            proc = subprocess.Popen(
+                [f"{venv}/bin/python", EXTRA_COMPUTE, *nova_conf, "--config-file", conf,
+                 "--log-file", self._path("log", f"{name}.log")],
+                env=dict(os.environ, FAKE_NODES=str(self.nodes), FAKE_VCPUS=str(self.sizes["vcpus"]),
+                         FAKE_MEMORY_MB=str(self.sizes["memory_mb"]),
+                         FAKE_LOCAL_GB=str(self.sizes["local_gb"])),
+                stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
+        with open(self._path("run", f"{name}.pid"), "w") as f:
+            f.write(str(proc.pid))
+        self.proc = proc
+        deadline = time.monotonic() + timeout
+        mapped = False
+        while True:
+            if proc.poll() is not None:
+                raise CloudError(f"{name} exited {proc.returncode}: see {self._path('log', name + '.log')}")
+            if not mapped and self.host in self.cloud.compute_services():
+                # the API lists a node only once its host is mapped to a cell
+                r = subprocess.run([f"{venv}/bin/nova-manage", *nova_conf, "cell_v2",
+                                    "discover_hosts", "--by-service"], capture_output=True, text=True)
+                if r.returncode:
+                    raise CloudError(f"discover_hosts: {_tail(r.stdout + r.stderr)}")
+                mapped = True
+            # up: nova-compute reports its state only once every node is registered, so
+            # after ~60 s of registering (service_down_time) it is down for a moment
+            listed = [h for h in self.hypervisors() if h["state"] == "up"]
+            providers = self.providers(with_inventory=True)
+            if len(listed) == len(providers) == self.nodes:
+                break
+            if time.monotonic() > deadline:
+                raise CloudError(f"{self.host}: {len(listed)} of {self.nodes} nodes listed up by "
+                                 f"Nova, {len(providers)} with an inventory in Placement after "
+                                 f"{timeout} s")
+            time.sleep(1)
+        self.seconds["start"] = time.monotonic() - t0
+
+    def hypervisors(self):
+        """Nova's hypervisors of this host (2.53: paged by marker, 1000 at most a page)."""
+        found, marker = [], ""
+        while True:
+            r = self.cloud.nova("GET", f"/os-hypervisors/detail?limit=1000{marker}", microversion="2.53")
+            if r.status_code != 200:
+                raise CloudError(f"GET /os-hypervisors/detail: {r.status_code} {r.text[:200]}")
+            page = r.json()["hypervisors"]
+            found += [h for h in page if h["service"]["host"] == self.host]
+            if len(page) < 1000:
+                return found
+            marker = f"&marker={page[-1]['id']}"
+
+    def providers(self, with_inventory=False):
+        """Placement's resource providers of this host's nodes (by name)."""
+        query = "?resources=VCPU:1,MEMORY_MB:1,DISK_GB:1" if with_inventory else ""
+        r = self.cloud.placement("GET", f"/resource_providers{query}")
+        if r.status_code != 200:
+            raise CloudError(f"GET /resource_providers: {r.status_code} {r.text[:200]}")
+        return [p for p in r.json()["resource_providers"] if p["name"].startswith(f"{self.host}-node")]
+
+    def remove(self):
+        t0 = time.monotonic()
+        remove_extra_compute(self.cloud, self.host, getattr(self, "proc", None))
+        self.seconds["remove"] = time.monotonic() - t0
+
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
+def remove_extra_compute(cloud, host, proc=None):
+    """End an ExtraCompute's process, delete its compute service (with it Nova deletes the
+    compute nodes, their resource providers and the host mapping), delete any provider of its
+    nodes Placement still has, and its files."""
+    pid_file = os.path.join(cloud.dir, "run", f"nova-compute-{host}.pid")
+    with contextlib.suppress(OSError, ValueError):
+        with open(pid_file) as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:      # that process, not a reused pid
+            ours = host.encode() in f.read()
+        if ours:
+            os.killpg(pid, signal.SIGKILL)                  # the fake driver holds nothing
+            if proc is not None:
+                proc.wait()
+            wait_until_gone = time.monotonic() + 10
+            while os.path.exists(f"/proc/{pid}") and time.monotonic() < wait_until_gone:
+                time.sleep(0.1)
+    service = cloud.compute_services().get(host)
+    if service is not None:
+        r = cloud.nova("DELETE", f"/os-services/{service['id']}", microversion=COMPUTE_MV)
+        if r.status_code not in (204, 404):
+            raise CloudError(f"DELETE /os-services ({host}): {r.status_code} {r.text[:200]}")
+    r = cloud.placement("GET", "/resource_providers")
+    for p in r.json()["resource_providers"] if r.status_code == 200 else ():
+        if p["name"].startswith(f"{host}-node"):
+            cloud.placement("DELETE", f"/resource_providers/{p['uuid']}")
+    for path in (pid_file, os.path.join(cloud.dir, "etc", "nova", f"{host}.conf")):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    shutil.rmtree(os.path.join(cloud.dir, "data", host), ignore_errors=True)
+    cloud._release(f"compute-{host}")
 
 
 @pytest.fixture(scope="session")
