@@ -14,6 +14,10 @@ shared (service users log in in the background; on a dev machine other people's 
 use admin too), so a test that counts tokens should use its own user: function fixture
 ``keystone_user`` makes a fresh admin user (``.env`` = OS_* variables, ``.name``, ``.password``,
 ``.app_credential()``) and deletes it afterwards.
+
+Many hypervisors: :class:`ExtraCompute` adds one more nova-compute whose fake driver reports
+many nodes to a running cloud, and removes it (tests/test_nova_scale.py, bench/scale_nova.py);
+``Cloud.reset()`` removes one that a killed session left behind.
 """
 import contextlib
 import json
