@@ -1,8 +1,11 @@
 """check_libvirt_instances: per-instance CPU, disk and network I/O, named as the cloud knows them.
 
-The story of one run: sample every domain's counters (one bulk call on QEMU), name each domain
-from its Nova metadata (cached between runs), turn counters into rates against the previous
-run's sample, compare each selected instance with the limits, and tell who breaks them.
+The story of one run, on nagiosplugin's model: the `Instances` Resource samples every domain's
+counters (one bulk call on QEMU), names each domain from its Nova metadata (cached between
+runs), turns counters into rates against an earlier sample (the state file) and yields each
+selected instance's state and values as Metrics; Contexts compare them with the limits
+(`InstanceRate`, `StateLimits`, `Rate` for the host totals); `Offenders` counts who broke them;
+`InstancesSummary` tells who, worst first.
 """
 import argparse
 import hashlib
