@@ -34,8 +34,13 @@ def decimal(value: float, unit: str = "") -> str:
 
 
 def seconds(value: float) -> str:
-    """A duration to the millisecond: '2 s', '0.512 s', '3.022 s' (not '3.02197 s')."""
-    return f"{value:g} s" if value == int(value) else f"{value:.3f} s"
+    """A duration to the millisecond: '2 s', '0.512 s', '3.022 s' (not '3.02197 s'); under a
+    millisecond three significant digits, never '0.000 s' for a non-zero one: '0.000000123 s'."""
+    if value == int(value):
+        return f"{value:g} s"
+    if abs(value) < 0.0005:
+        return f"{format_number(float(f'{value:.3g}'))} s"
+    return f"{value:.3f} s"
 
 
 def plural(number: int, word: str) -> str:

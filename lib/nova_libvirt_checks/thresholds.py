@@ -74,7 +74,8 @@ def parse_range(text: str, units: Union[Units, dict] = SIZE_UNITS) -> nagiosplug
 
 
 def format_number(value: Number) -> str:
-    """A number as perfdata wants it: no exponent, no trailing zeros, at most 6 decimals."""
+    """A number as perfdata wants it: no exponent, no trailing zeros; 6 decimals, and below
+    0.1 six significant digits (1e-07 is 0.0000001, never 0)."""
     if isinstance(value, bool):
         value = int(value)
     if isinstance(value, int):
@@ -83,7 +84,8 @@ def format_number(value: Number) -> str:
         raise ValueError(f"not a finite number: {value}")
     if value == int(value) and abs(value) < 2**63:
         return str(int(value))
-    text = f"{value:.6f}".rstrip("0").rstrip(".")
+    decimals = max(6, 5 - math.floor(math.log10(abs(value))))
+    text = f"{value:.{decimals}f}".rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
 
 
