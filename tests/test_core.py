@@ -86,6 +86,33 @@ def test_a_tiny_bound_stays_a_bound():
         "@0.000001:0.000002"
 
 
+def _named_range_parser():
+    parser = plugin.ArgumentParser("check_x", "test")
+    limits = thresholds.named_range_type({"cpu", "memory"}, lambda _name: thresholds.PLAIN_UNITS)
+    for flag, option in (("-w", "--warning"), ("-c", "--critical")):
+        parser.add_argument(flag, option, type=limits, action=thresholds.OncePerName, default=[])
+    return parser
+
+
+def test_named_ranges_append_once_per_name():
+    args = _named_range_parser().parse_args(["-w", "cpu=80", "--warning", "memory=90:", "-c", "cpu=95"])
+    assert [(name, thresholds.format_range(rng)) for name, rng in args.warning] == \
+        [("cpu", "80"), ("memory", "90:")]
+    assert [name for name, _ in args.critical] == ["cpu"]
+    assert _named_range_parser().parse_args([]).warning == []
+
+
+@pytest.mark.parametrize("argv", [["-w", "cpu=80", "-w", "cpu=90"], ["-w", "cpu=80", "--warning", "cpu=80"],
+                                  ["-c", "memory=1", "-w", "cpu=1", "-c", "memory=@2:3"]])
+def test_a_name_given_twice_is_an_invalid_argument(argv):
+    """`-w cpu=80 -w cpu=90` is a mistake: keeping either value silently would hide it."""
+    with pytest.raises(plugin.UsageError) as error:
+        _named_range_parser().parse_args(argv)
+    option = "-w/--warning" if argv[0] == "-w" else "-c/--critical"
+    name = argv[1].split("=")[0]
+    assert str(error.value) == f"invalid argument: argument {option}: {name} given twice: one range per name"
+
+
 def test_state_of():
     warn, crit = thresholds.parse_range("10"), thresholds.parse_range("20")
     assert thresholds.state_of(5, warn, crit) == 0

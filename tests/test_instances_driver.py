@@ -165,6 +165,20 @@ def test_invalid_arguments(state_dir, args, option):
     assert option in result.text and len(result.lines) == 1
 
 
+@pytest.mark.parametrize("args, option, name", [
+    (["-w", "cpu=80", "-w", "cpu=90"], "-w/--warning", "cpu"),
+    (["-c", "disk_write_bytes=1M", "--critical", "disk_write_bytes=1M"], "-c/--critical", "disk_write_bytes"),
+    (["--total-warning", "cpu=150", "-w", "cpu=80", "--total-warning", "cpu=180"], "--total-warning", "cpu"),
+])
+def test_a_metric_given_twice_is_an_invalid_argument(state_dir, args, option, name):
+    """`-w cpu=80 -w cpu=90` is a mistake, not "the last one wins"."""
+    result = check(state_dir, *args)
+    assert_plugin_output(result, 3)
+    assert result.stdout == (f"INSTANCES UNKNOWN - invalid argument: argument {option}: "
+                             f"{name} given twice: one range per name\n")
+    assert not os.path.exists(state_dir)                 # nothing measured, nothing kept
+
+
 def test_output_is_bounded(state_dir):
     result = check(state_dir, "--max-output", "1500")
     assert_plugin_output(result, 0)

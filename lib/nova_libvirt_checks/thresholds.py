@@ -134,6 +134,19 @@ def named_range_type(names: Collection[str], units_of: Callable[[str], Units]
     return convert
 
 
+class OncePerName(argparse.Action):
+    """The argparse action of every repeatable NAME=RANGE option: appends (name, range) like
+    action="append", but a NAME given twice is an error (`-w cpu=80 -w cpu=90` is a mistake;
+    keeping either value silently would hide it)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        name = values[0]
+        given = list(getattr(namespace, self.dest, None) or [])
+        if name in dict(given):
+            raise argparse.ArgumentError(self, f"{name} given twice: one range per name")
+        setattr(namespace, self.dest, given + [values])
+
+
 def state_of(value: Number, warning: Optional[nagiosplugin.Range] = None,
              critical: Optional[nagiosplugin.Range] = None) -> int:
     """0/1/2 for a value against optional warning and critical ranges (critical wins)."""
