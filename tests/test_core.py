@@ -125,9 +125,15 @@ def test_state_of():
     (0, "B/s", "0 B/s"), (999, "B/s", "999 B/s"), (1500, "B/s", "1.5 kB/s"),
     (1.5e6, "B/s", "1.5 MB/s"), (123.4e9, "B", "123 GB"), (2e12, "B", "2 TB"),
     (1500, "", "1.5k"), (12e6, "", "12M"), (0.25, "", "0.25"),
+    (1e-7, "B/s", "0.0000001 B/s"), (1.23456e-4, "", "0.000123"),   # never an exponent
 ])
 def test_decimal_sizes_for_people(value, unit, text):
     assert sizes.decimal(value, unit) == text
+
+
+def test_percent_for_people():
+    assert [sizes.percent(v) for v in (85, 2.5, 0, 0.0123, 1e-7, 0.05)] == \
+        ["85%", "2.5%", "0%", "0.012%", "0.0000001%", "0.1%"]
 
 
 def test_seconds_for_people():
