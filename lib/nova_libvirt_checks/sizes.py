@@ -41,6 +41,11 @@ def decimal(value: float, unit: str = "") -> str:
     raise AssertionError("unreachable")
 
 
+def milliseconds(value: float) -> str:
+    """A latency: '150 ms', '0.21 ms' (two significant digits below 10 ms)."""
+    return f"{value:.0f} ms" if value >= 10 else f"{significant(value, 2)} ms"
+
+
 def seconds(value: float) -> str:
     """A duration to the millisecond: '2 s', '0.512 s', '3.022 s' (not '3.02197 s'); under a
     millisecond three significant digits, never '0.000 s' for a non-zero one: '0.000000123 s'."""
