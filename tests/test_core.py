@@ -177,22 +177,25 @@ def test_render_status_perfdata_and_long_output():
 # ---------------------------------------------------------------- the deadline and errors
 
 def _run(code, *args, timeout=30):
-    """Run a tiny program using plugin.main in a subprocess."""
+    """Run a tiny check program (on plugin.run) in a subprocess."""
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "lib"))
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 
 HANG = """
-import socket, sys, time
+import socket
+import nagiosplugin
 from nova_libvirt_checks import plugin
-def measure(args):
-    # blocked in C (a recv that never returns), like libvirt on a daemon that never answers
-    a, b = socket.socketpair()
-    a.recv(1)
+class Hung(nagiosplugin.Resource):
+    def probe(self):
+        # blocked in C (a recv that never returns), like libvirt on a daemon that never answers
+        a, b = socket.socketpair()
+        a.recv(1)
+        yield nagiosplugin.Metric("never", 0)
 parser = plugin.ArgumentParser("check_x", "test")
-plugin.main("X", parser, measure, timeout_state=plugin.CRITICAL,
-            timeout_message=lambda args: f"no answer within {args.timeout:g} s")
+plugin.run("X", parser, lambda args: nagiosplugin.Check(Hung()), timeout_state=plugin.CRITICAL,
+           timeout_message=lambda args: f"no answer within {args.timeout:g} s")
 """
 
 
@@ -315,10 +318,12 @@ def test_adapter_bad_argument_is_unknown_not_2():
 
 
 BROKEN = """
+import nagiosplugin
 from nova_libvirt_checks import plugin
-def measure(args):
-    raise KeyError("boom")
-plugin.main("X", plugin.ArgumentParser("check_x", "test"), measure)
+class Broken(nagiosplugin.Resource):
+    def probe(self):
+        raise KeyError("boom")
+plugin.run("X", plugin.ArgumentParser("check_x", "test"), lambda args: nagiosplugin.Check(Broken()))
 """
 
 

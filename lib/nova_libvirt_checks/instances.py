@@ -1,8 +1,11 @@
 """check_libvirt_instances: per-instance CPU, disk and network I/O, named as the cloud knows them.
 
-The story of one run: sample every domain's counters (one bulk call on QEMU), name each domain
-from its Nova metadata (cached between runs), turn counters into rates against the previous
-run's sample, compare each selected instance with the limits, and tell who breaks them.
+The story of one run, on nagiosplugin's model: the `Instances` Resource samples every domain's
+counters (one bulk call on QEMU), names each domain from its Nova metadata (cached between
+runs), turns counters into rates against an earlier sample (the state file) and yields each
+selected instance's state and values as Metrics; Contexts compare them with the limits
+(`InstanceRate`, `StateLimits`, `Rate` for the host totals); `Offenders` counts who broke them;
+`InstancesSummary` tells who, worst first.
 """
 import argparse
 import hashlib
@@ -12,19 +15,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+import nagiosplugin
+
 from . import metadata, plugin, sizes
-from .connection import STATE_WORDS, call_error, default_uri, libvirt_module, open_connection
+from .connection import DOMAIN_STATES, STATE_WORDS, call_error, default_uri, libvirt_module, open_connection
 from .domstats import JOB_HELD, REASONS, Sampler
 from .metadata import NovaInstance
-from .perfdata import labels_with_ids, token
+from .perfdata import labels_with_ids
 from .rates import METRICS, baseline, gauges, rates, remember, slowest_disk, to_state
 from .state import StateError, StateFile, boot_id, file_for
-from .thresholds import (COUNT_UNITS, MILLISECOND_UNITS, PLAIN_UNITS, SIZE_UNITS, breach,
-                         describe_breach, named_range_type)
+from .thresholds import COUNT_UNITS, MILLISECOND_UNITS, PLAIN_UNITS, SIZE_UNITS, breach, named_range_type
 
 NAME = "INSTANCES"
-STATE_NAMES = ("nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed",
-               "pmsuspended")
+STATE_NAMES = tuple(DOMAIN_STATES.values())
 STATE_VERSION = 1
 # a guest that cannot run until someone acts: CRITICAL unless --state-critical says otherwise
 DEFAULT_STATE_CRITICAL = ("paused:ioerror", "paused:watchdog", "paused:crashed", "paused:postcopy_failed",
@@ -253,6 +256,11 @@ class Instance:
         return text
 
     @property
+    def ranked_problems(self):
+        """Worst first: by state, then by how far over its limit (a state alarm first)."""
+        return sorted(self.problems, key=lambda p: (-p[0], -p[2]))
+
+    @property
     def worst(self):
         return max((state for state, _, _ in self.problems), default=plugin.OK)
 
@@ -305,59 +313,125 @@ def instance_labels(instances):
         inst.label = labels[inst.uuid]
 
 
-# ---------------------------------------------------------------- measuring
+# ---------------------------------------------------------------- the Resource
 
-def measure(args):
-    uri = args.connect or default_uri()
-    if args.interval is None:
-        args.interval = min(1.0, args.timeout / 4)
-    elif args.interval and args.interval >= args.timeout / 2:
-        raise plugin.UsageError(f"argument --interval: {args.interval:g} s must be less than half of "
-                                f"-t/--timeout ({args.timeout:g} s)")
-    libvirt = libvirt_module()
-    conn = open_connection(uri, read_only=True, unreachable=plugin.UNKNOWN)
-    store = StateFile(file_for("instances", uri, args.state_dir))
-    memory = _this_boot(store.load())
-    now = time.monotonic()
-    names = Names(libvirt, memory.get("names"), args.metadata_ttl, now)
-    asked = [spec for group in args.state_warning + args.state_critical for spec in group]
-    sampler = Sampler(libvirt, conn, args.stats_mode, devices=names.devices,
-                      running_reasons=any(spec.startswith(("running:", "blocked:")) for spec in asked),
-                      retry_budget=args.timeout / 10)
+class Instances(nagiosplugin.Resource):
+    """The selected domains of one libvirtd. probe() measures them (`measure`) and yields, per
+    instance, a Metric for its state and one per value, then the host totals and the count, each
+    for the Context of its name to judge. `owner` maps an instance's Metrics to it: the Contexts
+    note its breaches on it, and its line and rank (worst first) come from them."""
 
-    def sample():
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.uri = args.connect or default_uri()
+        self.instances: List[Instance] = []
+        self.totals: Dict[str, float] = {}
+        self.host_cpus = 0
+        self.mode = ""
+        self.notes: List[str] = []
+        self.owner: Dict[str, Instance] = {}
+
+    def probe(self):
+        self.measure()
+        instance_labels(self.instances)
+        for inst in sorted(self.instances, key=lambda i: i.label):
+            yield self._owned(nagiosplugin.Metric(f"{inst.label}.state", inst.state, context="state"), inst)
+            for metric, spec in METRICS.items():
+                if metric in inst.values:
+                    yield self._owned(nagiosplugin.Metric(f"{inst.label}.{metric}", inst.values[metric],
+                                                          spec.unit, **_bounds(metric), context=metric), inst)
+        self.totals = totals(self.instances, self.host_cpus)
+        for metric, value in self.totals.items():
+            yield nagiosplugin.Metric(f"total.{metric}", value, METRICS[metric].unit, **_bounds(metric),
+                                      context=f"total.{metric}")
+        yield nagiosplugin.Metric("instances", len(self.instances), min=0, context="count")
+        yield nagiosplugin.Metric("instances_unmeasured", len(self.unmeasured), context="unmeasured")
+
+    def _owned(self, metric: nagiosplugin.Metric, inst: Instance) -> nagiosplugin.Metric:
+        self.owner[metric.name] = inst
+        return metric
+
+    @property
+    def unmeasured(self) -> List[Instance]:
+        return [i for i in self.instances if i.note and i.note.startswith(("not measured", "vanished"))]
+
+    def measure(self) -> None:
+        """Sample every domain (one bulk call on QEMU), name each from its Nova metadata (cached
+        in the state file), select, and turn counters into rates against a stored sample at least
+        --min-window old, or else against a first sample taken --interval earlier in this run."""
+        args, uri = self.args, self.uri
+        libvirt = libvirt_module()
+        conn = open_connection(uri, read_only=True, unreachable=plugin.UNKNOWN)
+        store = StateFile(file_for("instances", uri, args.state_dir))
+        memory = _this_boot(store.load())
+        names = Names(libvirt, memory.get("names"), args.metadata_ttl, time.monotonic())
+        asked = [spec for group in args.state_warning + args.state_critical for spec in group]
+        sampler = Sampler(libvirt, conn, args.stats_mode, devices=names.devices,
+                          running_reasons=any(spec.startswith(("running:", "blocked:")) for spec in asked),
+                          retry_budget=args.timeout / 10)
+
+        def sample():
+            try:
+                return sampler.sample()
+            except libvirt.libvirtError as exc:
+                raise call_error(exc, f"reading domain stats from {uri}", plugin.UNKNOWN) from None
+
+        samples, domains = sample()
         try:
-            return sampler.sample()
+            self.host_cpus = conn.getInfo()[2]
+            known = (_instance(libvirt, names, uuid, domains[uuid], s) for uuid, s in samples.items())
+            chosen = [inst for inst in known if inst and _selecting(args, inst)]
+            _doing(args, "libvirtd")
         except libvirt.libvirtError as exc:
-            raise call_error(exc, f"reading domain stats from {uri}", plugin.UNKNOWN) from None
+            raise call_error(exc, f"reading domains from {uri}", plugin.UNKNOWN) from None
 
-    samples, domains = sample()
-    try:
-        host_cpus = conn.getInfo()[2]
-        known = (_instance(libvirt, names, uuid, domains[uuid], s) for uuid, s in samples.items())
-        chosen = [inst for inst in known if inst and _selecting(args, inst)]
-        _doing(args, "libvirtd")
-    except libvirt.libvirtError as exc:
-        raise call_error(exc, f"reading domains from {uri}", plugin.UNKNOWN) from None
+        history = memory.get("history") or {}
+        previous = {i.uuid: baseline(history.get(i.uuid), samples[i.uuid], args.min_window, args.max_age)
+                    for i in chosen}
+        without_baseline = [i for i in chosen if samples[i.uuid].active and not samples[i.uuid].error
+                            and not previous[i.uuid]]
+        baseline_in_run = bool(without_baseline) and 0 < args.interval < args.timeout / 2
+        first = {}
+        if baseline_in_run:
+            first = samples
+            time.sleep(args.interval)
+            samples, _ = sample()
+            previous.update((i.uuid, to_state(first[i.uuid])) for i in without_baseline)
 
-    history = memory.get("history") or {}
-    previous = {i.uuid: baseline(history.get(i.uuid), samples[i.uuid], args.min_window, args.max_age)
-                for i in chosen}
-    without_baseline = [i for i in chosen if samples[i.uuid].active and not samples[i.uuid].error
-                        and not previous[i.uuid]]
-    baseline_in_run = bool(without_baseline) and 0 < args.interval < args.timeout / 2
-    first = {}
-    if baseline_in_run:
-        first = samples
-        time.sleep(args.interval)
-        samples, _ = sample()
-        previous.update((i.uuid, to_state(first[i.uuid])) for i in without_baseline)
+        for inst in chosen:
+            _measure(inst, samples.get(inst.uuid), previous.get(inst.uuid), baseline_in_run)
+        self.instances, self.mode = chosen, sampler.used_mode
+        self.notes = list(dict.fromkeys(store.notes + _save(store, [first, samples], names, args)))
 
-    for inst in chosen:
-        _measure(inst, samples.get(inst.uuid), previous.get(inst.uuid), baseline_in_run)
-    notes = list(dict.fromkeys(store.notes + _save(store, [first, samples], names, args)))
-    return evaluate(args, chosen, host_cpus, sampler.used_mode, notes)
 
+class Offenders(nagiosplugin.Resource):
+    """How many instances are WARNING and how many CRITICAL, counted once the Contexts have
+    judged every instance (nagiosplugin probes and evaluates its resources in order)."""
+
+    def __init__(self, instances: Instances) -> None:
+        self.instances = instances
+
+    def probe(self):
+        for state in (nagiosplugin.Warn, nagiosplugin.Critical):
+            count = sum(1 for i in self.instances.instances if i.worst == state.code)
+            yield nagiosplugin.Metric(f"instances_{state.text}", count, min=0, context="count")
+
+
+def _bounds(metric: str) -> dict:
+    return {"min": 0, "max": 100 if METRICS[metric].kind == "percent" else None}
+
+
+def totals(instances: List[Instance], host_cpus: int) -> Dict[str, float]:
+    """The sums over the instances, for the metrics that have one; cpu and cpu_delay as % of
+    the host's CPUs."""
+    found = {}
+    for metric, spec in METRICS.items():
+        per_cpu = spec.total == "host_cpus"
+        values = [i.values[metric] * (i.vcpus or 1) if per_cpu else i.values[metric]
+                  for i in instances if metric in i.values]
+        if values and spec.total:
+            found[metric] = sum(values) / host_cpus if per_cpu and host_cpus else sum(values)
+    return found
 
 def _number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -490,30 +564,105 @@ def _save(store, runs, names, args):
     return []
 
 
-# ---------------------------------------------------------------- judging and telling
+# ---------------------------------------------------------------- the Contexts
 
-def _human(metric, value):
+def _human(metric: str, value: float) -> str:
     kind = METRICS[metric].kind
     if kind == "ms":
-        return f"{value:.0f} ms" if value >= 10 else f"{value:.2g} ms"
+        return sizes.milliseconds(value)
     if kind == "percent":
-        return f"{value:.0f}%" if value >= 10 else f"{value:.1f}%"
-    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1, "")):
-        if abs(value) >= factor or factor == 1:
-            number = value / factor
-            text = f"{number:.0f}" if number >= 100 or number == int(number) else f"{number:.3g}"
-            return f"{text} {prefix}B/s" if kind == "bytes" else f"{text}{prefix}/s"
+        return sizes.percent(value)
+    return sizes.decimal(value, "B/s") if kind == "bytes" else sizes.decimal(value) + "/s"
 
 
-def _judge(values, warning, critical):
-    """[(state, text, how far over the limit, relative to it)] for the values that break one."""
-    problems = []
-    for metric, value in values.items():
-        state, limit = breach(value, warning.get(metric), critical.get(metric))
-        if state:
-            text = describe_breach(value, limit, lambda v, m=metric: _human(m, v))
-            problems.append((state, f"{METRICS[metric].text} {text}", _excess(value, limit)))
-    return problems
+class Rate(plugin.ThresholdContext):
+    """A value (an instance's or the host total's) against its range, worded as the long output
+    shows it ("disk write 59 MB/s > 10 MB/s"); perfdata unless --perfdata none, rounded."""
+
+    def __init__(self, name: str, metric: str, warning=None, critical=None, shown: bool = True) -> None:
+        super().__init__(name, warning, critical, what=METRICS[metric].text,
+                         show=lambda value: _human(metric, value))
+        self.digits = {"percent": 2, "ms": 3}.get(METRICS[metric].kind, 1)
+        self.shown = shown
+
+    def performance(self, metric, resource):
+        if not self.shown:
+            return None
+        return nagiosplugin.Performance(metric.name, round(metric.value, self.digits), metric.uom or "",
+                                        *self.limits, metric.min, metric.max)
+
+
+class InstanceRate(Rate):
+    """One value of one instance against -w/-c METRIC=RANGE. A breach is noted on the instance
+    with how far over its limit it is (the rank, worst first); perfdata per --perfdata."""
+
+    def __init__(self, metric: str, warning, critical, perfdata: str) -> None:
+        super().__init__(metric, metric, warning, critical, shown=perfdata in ("all", "offenders"))
+        self.offenders_only = perfdata == "offenders"
+
+    def evaluate(self, metric, resource):
+        result = super().evaluate(metric, resource)
+        if result.hint:
+            _state, limit = breach(metric.value, *self.limits)
+            resource.owner[metric.name].problems.append(
+                (result.state.code, result.hint, _excess(metric.value, limit)))
+        return result
+
+    def performance(self, metric, resource):
+        if self.offenders_only and not resource.owner[metric.name].problems:
+            return None
+        return super().performance(metric, resource)
+
+
+class StateLimits(nagiosplugin.Context):
+    """An instance's state and reason against --state-critical (default DEFAULT_STATE_CRITICAL)
+    and --state-warning; a match is noted on the instance, ahead of its value breaches."""
+
+    def __init__(self, warning: set, critical: set) -> None:
+        super().__init__("state")
+        self.warning, self.critical = warning, critical
+
+    def evaluate(self, metric, resource):
+        inst = resource.owner[metric.name]
+        for state, specs in ((nagiosplugin.Critical, self.critical), (nagiosplugin.Warn, self.warning)):
+            if _state_matches(specs, inst):
+                inst.problems.append((state.code, inst.state_problem, math.inf))
+                return self.result_cls(state, inst.state_problem, metric)
+        return self.result_cls(nagiosplugin.Ok, None, metric)
+
+
+class Count(nagiosplugin.Context):
+    """A count for the graphs (instances, and by state), judged by nothing."""
+
+    def __init__(self, shown: bool) -> None:
+        super().__init__("count")
+        self.shown = shown
+
+    def performance(self, metric, resource):
+        return nagiosplugin.Performance(metric.name, metric.value, "", None, None, 0) if self.shown else None
+
+
+class Unmeasured(nagiosplugin.Context):
+    """UNKNOWN when not one selected instance could be measured and nothing else is wrong: the
+    check cannot say that all is well."""
+
+    def evaluate(self, metric, resource):
+        everyone = resource.instances
+        if everyone and metric.value == len(everyone) and not any(i.problems for i in everyone):
+            return self.result_cls(nagiosplugin.Unknown, "no instance measured", metric)
+        return self.result_cls(nagiosplugin.Ok, None, metric)
+
+
+def contexts(args: argparse.Namespace) -> List[nagiosplugin.Context]:
+    warning, critical = dict(args.warning), dict(args.critical)
+    total_warning, total_critical = dict(args.total_warning), dict(args.total_critical)
+    state_warning = {s for group in args.state_warning for s in group}
+    state_critical = ({s for group in args.state_critical for s in group} if args.state_critical
+                      else set(DEFAULT_STATE_CRITICAL))
+    shown = args.perfdata != "none"
+    return ([InstanceRate(m, warning.get(m), critical.get(m), args.perfdata) for m in METRICS]
+            + [Rate(f"total.{m}", m, total_warning.get(m), total_critical.get(m), shown) for m in METRICS]
+            + [StateLimits(state_warning, state_critical), Count(shown), Unmeasured("unmeasured")])
 
 
 def _excess(value, limit):
@@ -527,88 +676,81 @@ def _excess(value, limit):
     return distance / abs(bound) if bound else math.inf
 
 
-def evaluate(args, instances, host_cpus, mode, notes):
-    warning, critical = dict(args.warning), dict(args.critical)
-    state_warn = {s for group in args.state_warning for s in group}
-    state_crit = {s for group in args.state_critical for s in group} if args.state_critical \
-        else set(DEFAULT_STATE_CRITICAL)
-    for inst in instances:
-        inst.problems = _judge(inst.values, warning, critical)
-        if _state_matches(state_crit, inst):
-            inst.problems.insert(0, (plugin.CRITICAL, inst.state_problem, math.inf))
-        elif _state_matches(state_warn, inst):
-            inst.problems.insert(0, (plugin.WARNING, inst.state_problem, math.inf))
-        inst.problems.sort(key=lambda p: (-p[0], -p[2]))
-    instance_labels(instances)
 
-    totals = {}
-    for metric, spec in METRICS.items():
-        per_cpu = spec.total == "host_cpus"
-        values = [i.values[metric] * (i.vcpus or 1) if per_cpu else i.values[metric]
-                  for i in instances if metric in i.values]
-        if values and spec.total:
-            totals[metric] = sum(values) / host_cpus if per_cpu and host_cpus else sum(values)
-    total_problems = _judge(totals, dict(args.total_warning), dict(args.total_critical))
+# ---------------------------------------------------------------- the Summary
 
-    # worst first: by state, then by how far over its limit, so that neither names nor --top
-    # can hide the worst offender
-    offenders = sorted((i for i in instances if i.problems),
-                       key=lambda i: (-i.severity[0], -i.severity[1], i.name, i.uuid))
-    unmeasured = [i for i in instances if i.note and i.note.startswith(("not measured", "vanished"))]
-    measured = [i for i in instances if any(m != "memory" for m in i.values)]
-    overall = max([i.worst for i in offenders] + [s for s, _, _ in total_problems], default=plugin.OK)
-    if instances and len(unmeasured) == len(instances) and overall == plugin.OK:
-        overall = plugin.UNKNOWN
+class InstancesSummary(nagiosplugin.Summary):
+    """The status line: the offenders, worst first (the first three), the host totals over their
+    limits, or else the count by state and the totals; what could not be measured; the state
+    file's notes. The long output: one line per instance, worst first (--top), and at -v how
+    it was measured."""
 
-    summary = _summary(instances, offenders, total_problems, totals, unmeasured, measured)
-    if notes:
-        summary += " (" + "; ".join(notes) + ")"
-    # within limits: running ones first, then by name, so the lines keep their order run to run
-    ordered = offenders + sorted((i for i in instances if not i.problems),
-                                 key=lambda i: (i.state != "running", i.name, i.uuid))
-    long_output = [_line(i, args.verbose) for i in ordered[:args.top]]
-    if len(ordered) > args.top:
-        long_output.append(f"... and {len(ordered) - args.top} more (--top {args.top})")
-    if args.verbose:
-        windows = [i.window for i in instances if i.window]
-        span = f", rates over {min(windows):.1f}-{max(windows):.1f} s (--min-window {args.min_window:g})" \
-            if windows else ""
-        long_output.append(f"stats: {mode} path, {len(instances)} selected, host CPUs {host_cpus}{span}")
-    report = plugin.Report(overall, summary, long_output,
-                           _perfdata(args.perfdata, instances, totals, warning, critical, args))
-    lighter = ((_perfdata(mode, instances, totals, warning, critical, args),   # built only if needed
-                f"(perfdata cut to {mode} to stay under {args.max_output} bytes)")
-               for mode in ("offenders", "totals") if args.perfdata in ("all", "offenders") and mode != args.perfdata)
-    return plugin.fit(NAME, report, args.max_output, lighter)
+    def __init__(self, measured: Instances, verbose: int = 0) -> None:
+        self.measured = measured
+        self.verbose_level = verbose
+
+    def ok(self, results) -> str:
+        return self.problem(results)
+
+    def problem(self, results) -> str:
+        found = self.measured
+        instances, offenders = found.instances, self.offenders()
+        total_problems = [r.hint for r in results
+                          if r.hint and r.metric and r.metric.name.startswith("total.")]
+        if not instances:
+            return _with_notes("no instances match the selection", found.notes)
+        parts = []
+        if offenders:
+            shown = "; ".join(f"{i.short_title(60)} " + ", ".join(text for _, text, _ in i.ranked_problems)
+                              for i in offenders[:3])
+            more = f"; and {len(offenders) - 3} more" if len(offenders) > 3 else ""
+            parts.append(f"{len(offenders)} of {_count(len(instances))} over limits: {shown}{more}")
+        if total_problems:
+            parts.append("host total " + ", ".join(total_problems))
+        if not parts:
+            states = {}
+            for inst in instances:
+                states[inst.state] = states.get(inst.state, 0) + 1
+            by_state = ", ".join(f"{n} {STATE_WORDS.get(s, s)}" for s, n in sorted(states.items()))
+            parts.append(f"{_count(len(instances))} within limits ({by_state})")
+            if found.totals:
+                shown = [m for m in ("cpu", "disk_read_bytes", "disk_write_bytes", "net_rx_bytes",
+                                     "net_tx_bytes") if m in found.totals]
+                parts.append("total " + ", ".join(f"{METRICS[m].text} {_human(m, found.totals[m])}"
+                                                  for m in shown))
+            elif not any(m != "memory" for i in instances for m in i.values) and any(i.note for i in instances):
+                parts.append("collecting baseline, rates from the next run")
+        unmeasured = found.unmeasured
+        if unmeasured:
+            parts.append(f"{len(unmeasured)} not measured: " + ", ".join(
+                f"{i.title} {i.note}" for i in unmeasured[:3]))
+        return _with_notes("; ".join(parts), found.notes)
+
+    def offenders(self) -> List[Instance]:
+        """Worst first: by state, then by how far over its limit, so that neither names nor
+        --top can hide the worst offender."""
+        return sorted((i for i in self.measured.instances if i.problems),
+                      key=lambda i: (-i.severity[0], -i.severity[1], i.name, i.uuid))
+
+    def verbose(self, results) -> List[str]:
+        found, args = self.measured, self.measured.args
+        # within limits: running ones first, then by name, so the lines keep their order run to run
+        ordered = self.offenders() + sorted((i for i in found.instances if not i.problems),
+                                            key=lambda i: (i.state != "running", i.name, i.uuid))
+        lines = [_line(i, self.verbose_level) for i in ordered[:args.top]]
+        if len(ordered) > args.top:
+            lines.append(f"... and {len(ordered) - args.top} more (--top {args.top})")
+        if self.verbose_level:
+            windows = [i.window for i in found.instances if i.window]
+            span = (f", rates over {min(windows):.1f}-{max(windows):.1f} s (--min-window {args.min_window:g})"
+                    if windows else "")
+            lines.append(f"stats: {found.mode} path, {len(found.instances)} selected, "
+                         f"host CPUs {found.host_cpus}{span}")
+        return lines
 
 
-def _summary(instances, offenders, total_problems, totals, unmeasured, measured):
-    if not instances:
-        return "no instances match the selection"
-    parts = []
-    if offenders:
-        shown = "; ".join(f"{i.short_title(60)} " + ", ".join(text for _, text, _ in i.problems)
-                          for i in offenders[:3])
-        more = f"; and {len(offenders) - 3} more" if len(offenders) > 3 else ""
-        parts.append(f"{len(offenders)} of {_count(len(instances))} over limits: {shown}{more}")
-    if total_problems:
-        parts.append("host total " + ", ".join(text for _, text, _ in total_problems))
-    if not parts:
-        states = {}
-        for inst in instances:
-            states[inst.state] = states.get(inst.state, 0) + 1
-        by_state = ", ".join(f"{n} {STATE_WORDS.get(s, s)}" for s, n in sorted(states.items()))
-        parts.append(f"{_count(len(instances))} within limits ({by_state})")
-        if totals:
-            shown = [m for m in ("cpu", "disk_read_bytes", "disk_write_bytes", "net_rx_bytes",
-                                 "net_tx_bytes") if m in totals]
-            parts.append("total " + ", ".join(f"{METRICS[m].text} {_human(m, totals[m])}" for m in shown))
-        elif not measured and any(i.note for i in instances):
-            parts.append("collecting baseline, rates from the next run")
-    if unmeasured:
-        parts.append(f"{len(unmeasured)} not measured: " + ", ".join(
-            f"{i.title} {i.note}" for i in unmeasured[:3]))
-    return "; ".join(parts)
+def _with_notes(text: str, notes: List[str]) -> str:
+    return text + (" (" + "; ".join(notes) + ")" if notes else "")
 
 
 def _count(number):
@@ -623,7 +765,7 @@ def _line(inst, verbose=0):
     state = plugin.STATE_NAMES[inst.worst]
     where = f"[{inst.domain} {inst.uuid}, {inst.state_text}]"
     if inst.problems:
-        detail = ", ".join(text for _, text, _ in inst.problems)
+        detail = ", ".join(text for _, text, _ in inst.ranked_problems)
     elif inst.values:
         detail = ", ".join(f"{METRICS[m].text} {_human(m, inst.values[m])}" for m in METRICS
                            if m in inst.values)
@@ -644,31 +786,33 @@ def _line(inst, verbose=0):
     return f"{state}: {inst.title} {where}: {detail}"
 
 
-def _perfdata(mode, instances, totals, warning, critical, args):
-    tokens = []
-    per_instance = {"all": instances, "offenders": [i for i in instances if i.problems]}.get(mode, [])
-    for inst in sorted(per_instance, key=lambda i: i.label):
-        for metric in METRICS:
-            if metric in inst.values:
-                tokens.append(_token(f"{inst.label}.{metric}", metric, inst.values[metric],
-                                     warning.get(metric), critical.get(metric)))
-    if mode != "none":
-        for metric in METRICS:
-            if metric in totals:
-                tokens.append(_token(f"total.{metric}", metric, totals[metric],
-                                     dict(args.total_warning).get(metric),
-                                     dict(args.total_critical).get(metric)))
-        tokens.append(token("instances", len(instances), "", None, None, 0))
-        for state in (plugin.WARNING, plugin.CRITICAL):
-            count = sum(1 for i in instances if i.worst == state)
-            tokens.append(token(f"instances_{plugin.STATE_NAMES[state].lower()}", count, "", None, None, 0))
-    return tokens
+# ---------------------------------------------------------------- the check
+
+def make_check(args: argparse.Namespace, measured: Optional[Instances] = None) -> nagiosplugin.Check:
+    """The check for these arguments; `measured`: the Instances to judge (default: this host's,
+    measured when the Check runs)."""
+    if args.interval is None:
+        args.interval = min(1.0, args.timeout / 4)
+    elif args.interval and args.interval >= args.timeout / 2:
+        raise plugin.UsageError(f"argument --interval: {args.interval:g} s must be less than half of "
+                                f"-t/--timeout ({args.timeout:g} s)")
+    measured = measured or Instances(args)
+    return nagiosplugin.Check(measured, Offenders(measured), *contexts(args),
+                              InstancesSummary(measured, args.verbose))
 
 
-def _token(name, metric, value, warning, critical):
-    spec = METRICS[metric]
-    return token(name, round(value, {"percent": 2, "ms": 3}.get(spec.kind, 1)), spec.unit, warning, critical,
-                 0, 100 if spec.kind == "percent" else None)
+def lighter_perfdata(args: argparse.Namespace, pairs: list):
+    """Over --max-output: per-instance perfdata of the offenders only, then none; the totals
+    and counts stay."""
+    for mode in ("offenders", "totals"):
+        if args.perfdata in ("all", "offenders") and mode != args.perfdata:
+            yield ([token for metric, token in pairs if _kept(mode, metric)],
+                   f"(perfdata cut to {mode} to stay under {args.max_output} bytes)")
+
+
+def _kept(mode: str, metric: nagiosplugin.Metric) -> bool:
+    inst = getattr(metric.resource, "owner", {}).get(metric.name)
+    return inst is None or (mode == "offenders" and bool(inst.problems))
 
 
 class Activity:
@@ -699,5 +843,5 @@ def timeout_message(args):
 
 
 def main(argv=None):
-    plugin.main(NAME, build_parser(), measure, argv, timeout_state=plugin.UNKNOWN,
-                timeout_message=timeout_message)
+    plugin.run(NAME, build_parser(), make_check, argv, timeout_state=plugin.UNKNOWN,
+               timeout_message=timeout_message, lighter_perfdata=lighter_perfdata)

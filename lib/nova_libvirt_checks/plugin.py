@@ -7,8 +7,8 @@ the arguments, arm the deadline, call the Check, print, exit. Anything raised on
 one line of output with the right exit code (a `CheckError` carries its own state).
 
 We do not use nagiosplugin's Runtime (`Check.main`, `guarded`): each place below where we part
-from it says why in one comment. The old API (`main(name, parser, measure)` with `measure(args)`
-returning a `Report`) runs on the same output path, until every check has moved.
+from it says why in one comment. A `Report` is the answer as it will be printed, taken from the
+Check (`report_of`) or from an error.
 """
 from __future__ import annotations
 
@@ -58,7 +58,8 @@ class UsageError(CheckError):
 
 
 class Report:
-    """What a check found: state, status line text, long output lines and perfdata tokens."""
+    """The answer as it will be printed: state, status line text, long output lines and
+    perfdata tokens (`render` prints it, `fit` keeps it within a size)."""
 
     def __init__(self, state: int, summary: str, long_output: Iterable[str] = (),
                  perfdata: Iterable[str] = ()) -> None:
@@ -317,29 +318,6 @@ def _traceback() -> list[str]:
     return traceback.format_exc().splitlines()
 
 
-def _answer(name: str, parser: argparse.ArgumentParser, measure: Callable[[argparse.Namespace], Report],
-            argv: Optional[Sequence[str]], timeout_state: int,
-            timeout_message: Optional[Callable[[argparse.Namespace], str]]) -> NoReturn:
-    verbose = 0
-    try:
-        args = parser.parse_args(argv)
-        verbose = args.verbose
-        message = (timeout_message(args) if timeout_message
-                   else f"no result within the timeout of {args.timeout:g} s")
-        Watchdog(args.timeout, name, timeout_state, message).start()
-        report = measure(args)
-    except CheckError as exc:
-        report = Report(exc.state, str(exc))
-        # tracebacks only at -vvv: nagiosplugin prints them from -v on, and -v is for operators
-        if verbose >= 3:
-            report.long_output = _traceback()
-    except Exception as exc:  # the one place where any failure becomes a plugin answer
-        report = Report(UNKNOWN, f"internal error: {type(exc).__name__}: {exc}")
-        if verbose >= 3:
-            report.long_output = _traceback()
-    emit(render(name, report), report.state)
-
-
 def run(name: str, parser: argparse.ArgumentParser,
         make_check: Callable[[argparse.Namespace], nagiosplugin.Check],
         argv: Optional[Sequence[str]] = None, timeout_state: int = UNKNOWN,
@@ -352,21 +330,29 @@ def run(name: str, parser: argparse.ArgumentParser,
     output is kept within it (`fit`), trying `lighter_perfdata(args, [(metric, token), ...])`'s
     `(tokens, note)` choices first. Never returns.
     """
-    def measure(args):
+    verbose = 0
+    try:
+        args = parser.parse_args(argv)
+        verbose = args.verbose
+        message = (timeout_message(args) if timeout_message
+                   else f"no result within the timeout of {args.timeout:g} s")
+        Watchdog(args.timeout, name, timeout_state, message).start()
         check = make_check(args)
         report = report_of(check)
         max_bytes = getattr(args, "max_output", None)
+        if max_bytes:
+            def lighter():      # a generator: run only when the output is too large
+                if lighter_perfdata:
+                    yield from lighter_perfdata(args, perfdata_of(check))
+            report = fit(name, report, max_bytes, lighter())
+    except CheckError as exc:
+        report = Report(exc.state, str(exc))
+        # tracebacks only at -vvv: nagiosplugin prints them from -v on, and -v is for operators
+        if verbose >= 3:
+            report.long_output = _traceback()
+    except Exception as exc:  # the one place where any failure becomes a plugin answer
+        report = Report(UNKNOWN, f"internal error: {type(exc).__name__}: {exc}")
+        if verbose >= 3:
+            report.long_output = _traceback()
+    emit(render(name, report), report.state)
 
-        def lighter():      # a generator: run only when the output is too large
-            if lighter_perfdata:
-                yield from lighter_perfdata(args, perfdata_of(check))
-        return fit(name, report, max_bytes, lighter()) if max_bytes else report
-    _answer(name, parser, measure, argv, timeout_state, timeout_message)
-
-
-def main(name: str, parser: argparse.ArgumentParser, measure: Callable[[argparse.Namespace], Report],
-         argv: Optional[Sequence[str]] = None, timeout_state: int = UNKNOWN,
-         timeout_message: Optional[Callable[[argparse.Namespace], str]] = None) -> NoReturn:
-    """The old API, for checks not yet on nagiosplugin's model: `measure(args)` returns a
-    Report. Parse arguments, arm the deadline, measure, print and exit. Never returns."""
-    _answer(name, parser, measure, argv, timeout_state, timeout_message)

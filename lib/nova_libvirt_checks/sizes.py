@@ -33,6 +33,11 @@ def decimal(value: float, unit: str = "") -> str:
     raise AssertionError("unreachable")
 
 
+def milliseconds(value: float) -> str:
+    """A latency: '150 ms', '0.21 ms' (two significant digits below 10 ms)."""
+    return f"{value:.0f} ms" if value >= 10 else f"{value:.2g} ms"
+
+
 def seconds(value: float) -> str:
     """A duration to the millisecond: '2 s', '0.512 s', '3.022 s' (not '3.02197 s')."""
     return f"{value:g} s" if value == int(value) else f"{value:.3f} s"
