@@ -16,6 +16,9 @@ APT_SERVICES := libvirt-daemon-system qemu-system-x86 qemu-utils busybox-static 
 	curl jq procps bc openssl util-linux php-cli faketime strace nbdkit
 # to build the Debian packages (make deb; tests/test_debian.py builds and installs them)
 APT_DEB := build-essential debhelper dh-python python3-all python3-setuptools lintian
+# a monitoring server's pip install without a compiler: Debian's bindings in a venv made with
+# --system-site-packages (README's Installing; tests/test_install_server.py)
+APT_SERVER_PIP := python3-libvirt python3-lxml python3-venv
 # make deb: the packages land here, built in a copy of the tree (no build files in the checkout)
 DEBDIR ?= $(CURDIR)/build/deb
 PYTEST_ARGS ?=
@@ -26,7 +29,7 @@ PLUGINDIR ?= /usr/lib/nagios/plugins
 # /etc/nagios/nrpe.d/); the Debian package installs it there itself
 NRPE_CFG ?= $(PREFIX)/etc/nrpe.d/nova-libvirt-checks.cfg
 
-.PHONY: all demo test venv apt-build apt-services apt-deb deb sandbox sandbox-stop install nrpe-cfg bench clean
+.PHONY: all demo test venv apt-build apt-services apt-deb apt-server-pip deb sandbox sandbox-stop install nrpe-cfg bench clean
 
 all: venv
 
@@ -38,6 +41,9 @@ apt-services: apt-build
 
 apt-deb:
 	@dpkg -s $(APT_DEB) >/dev/null 2>&1 || { apt-get -o DPkg::Lock::Timeout=900 update -qq && $(APT_INSTALL) $(APT_DEB) >/dev/null; }
+
+apt-server-pip:
+	@dpkg -s $(APT_SERVER_PIP) >/dev/null 2>&1 || { apt-get -o DPkg::Lock::Timeout=900 update -qq && $(APT_INSTALL) $(APT_SERVER_PIP) >/dev/null; }
 
 $(PY): setup.py constraints.txt | apt-build
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
@@ -58,7 +64,7 @@ demo: venv
 	@./checks/check_libvirt_instances -U test://$(NODE) --perfdata totals --top 4; echo "(exit $$?)"
 
 # every service is installed and started here: a skip is a failure (tests/conftest.py)
-test: apt-services apt-deb venv
+test: apt-services apt-deb apt-server-pip venv
 	$(PY) -m ruff check lib tests checks bench
 	NLC_REQUIRE_SERVICES=1 $(PY) -m pytest $(PYTEST_ARGS)
 

@@ -3,10 +3,11 @@
 
 Each domain is what a compute node's bulk stats call sees of a Nova instance: a transient
 TCG domain started paused (`virsh create --paused`), 16 MiB, the harness's kernel and initrd
-(tests/harness/libvirt/build_guest.sh), Nova 1.1 metadata (written by the harness's own
-domain_xml.py), one qcow2 virtio disk of its own, one virtio NIC on a libvirt-managed tap
-(<interface type='ethernet'>, as Nova plugs OVS/Linux-bridge ports: net.* stats exist) and a
-virtio balloon with a stats period (balloon.* as on a compute node). Paused: no guest runs,
+(tests/harness/libvirt/build_guest.sh), Nova 1.1 metadata, one qcow2 virtio disk of its own,
+one virtio NIC on a libvirt-managed tap (<interface type='ethernet'>, as Nova plugs
+OVS/Linux-bridge ports: net.* stats exist) and a virtio balloon with a stats period (balloon.*
+as on a compute node). The XML comes from the harness's builder (tests/harness/libvirt/
+domain_xml.py build_domain), as the test guests' does. Paused: no guest runs,
 so 100 of them cost ~50 MiB RSS each and no CPU, while libvirtd answers every stats group.
 
 Every name starts with PREFIX (`nlc-bench-`): `cleanup()` removes all such domains (and the
@@ -26,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.realpath(__file__))
 sys.path.insert(0, os.path.join(HERE, os.pardir, "tests", "harness", "libvirt"))
-import domain_xml  # noqa: E402  (the harness's Nova metadata writer: one source of truth)
+import domain_xml  # noqa: E402  (the harness's domain builder: one source of truth)
 
 PREFIX = "nlc-bench-"
 URI = "qemu:///system"
@@ -69,47 +70,13 @@ def identity(index):
 
 
 def xml(g):
-    metadata = domain_xml._nova_metadata(g, {"guest_ip": g["guest_ip"]})
-    return f"""<domain type='qemu'>
-  <name>{g["name"]}</name>
-  <uuid>{g["uuid"]}</uuid>
-  <metadata>
-    {metadata}
-  </metadata>
-  <memory unit='MiB'>{MEMORY_MIB}</memory>
-  <currentMemory unit='MiB'>{MEMORY_MIB}</currentMemory>
-  <vcpu placement='static'>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>{os.path.join(GUESTDIR, "vmlinuz")}</kernel>
-    <initrd>{os.path.join(GUESTDIR, "initrd.img")}</initrd>
-    <cmdline>console=ttyS0 quiet panic=-1</cmdline>
-  </os>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>restart</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2' cache='none'/>
-      <source file='{g["disk"]}'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <interface type='ethernet'>
-      <mac address='{g["mac"]}'/>
-      <target dev='{g["tap"]}' managed='yes'/>
-      <model type='virtio'/>
-    </interface>
-    <serial type='null'/>
-    <memballoon model='virtio'>
-      <stats period='10'/>
-    </memballoon>
-    <video>
-      <model type='none'/>
-    </video>
-  </devices>
-</domain>
-"""
+    """Domain XML of bench domain `g` (identity()): the harness's builder, with no console
+    and the balloon's stats period of a compute node."""
+    return domain_xml.build_domain(
+        g["name"], GUESTDIR, uuid=g["uuid"], metadata=domain_xml.nova_metadata(g, g["guest_ip"]),
+        memory_mib=MEMORY_MIB, cmdline="console=ttyS0 quiet panic=-1",      # paused: never boots
+        disk=domain_xml.file_disk(g["disk"]), nic=domain_xml.tap_nic(g["mac"], g["tap"]),
+        serial=domain_xml.NULL_SERIAL, balloon_period=10)
 
 
 def _libvirt():

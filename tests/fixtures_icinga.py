@@ -252,6 +252,29 @@ def _require_readable(paths: list[str], what: str) -> None:
                            f"modes; pytest's tmp_path is 0700, use the nagios_tmp_path fixture): {bad}")
 
 
+def _paths(one_or_many) -> list[str]:
+    """A path or a list of paths (str or PathLike), as absolute paths."""
+    many = [one_or_many] if isinstance(one_or_many, (str, os.PathLike)) else one_or_many
+    return [os.path.abspath(os.fspath(p)) for p in many]
+
+
+def _include_lines(paths, for_dir: str, for_file: str, what: str, quote=str) -> list[str]:
+    """The config lines that take in PATHS (one or a list): FOR_DIR + path for a directory,
+    FOR_FILE + path for a file (each path through QUOTE); HarnessError naming WHAT for a path
+    that does not exist."""
+    lines = []
+    for p in _paths(paths):
+        if "\n" in p:
+            raise ValueError("newline in path")
+        if os.path.isdir(p):
+            lines.append(for_dir + quote(p))
+        elif os.path.isfile(p):
+            lines.append(for_file + quote(p))
+        else:
+            raise HarnessError(f"{what} does not exist: {p}")
+    return lines
+
+
 def _path_values(values) -> list[str]:
     """Values that look like existing absolute paths (plugin dirs in constants/resource macros)."""
     return [v for v in values if isinstance(v, str) and v.startswith("/") and os.path.exists(v)]
@@ -343,6 +366,15 @@ def stop_process_tree(pid: int, expect_comm: tuple[str, ...], popen: subprocess.
         with contextlib.suppress(subprocess.TimeoutExpired):
             popen.wait(5)
     return time.monotonic() - t0
+
+
+def _read_text(path: str) -> str:
+    """A daemon's log, "" before it wrote one."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
 
 
 def _tail(path: str, n: int = 30) -> str:
@@ -466,16 +498,9 @@ def _icinga2_main_config(conf_dirs, constants: dict | None, harness: dict | None
             lines.append(f"include <{lib}>")
     if daemon_conf:
         lines.append(f"include {icinga2_literal(daemon_conf)}")
-    if isinstance(conf_dirs, (str, os.PathLike)):
-        conf_dirs = [conf_dirs]
-    for d in conf_dirs:
-        d = os.path.abspath(os.fspath(d))
-        if os.path.isdir(d):
-            lines.append(f"include_recursive {icinga2_literal(d)}")  # *.conf only
-        elif os.path.isfile(d):
-            lines.append(f"include {icinga2_literal(d)}")
-        else:
-            raise HarnessError(f"Icinga 2 config path does not exist: {d}")
+    # a directory: include_recursive, *.conf only
+    lines += _include_lines(conf_dirs, "include_recursive ", "include ", "Icinga 2 config path",
+                            icinga2_literal)
     return "\n".join(lines) + "\n"
 
 
@@ -838,11 +863,7 @@ class Icinga2Daemon:
         """The daemon's log (severity information). This is the console log (stdout of the foreground
         daemon), written immediately; the FileLogger copy at log_path is flushed only about once per
         second, so it is not used for 'X is NOT logged' assertions."""
-        try:
-            with open(self.stdout_path, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+        return _read_text(self.stdout_path)
 
     def log_warnings(self) -> list[str]:
         """Log lines of severity warning or critical (without the harness's own known noise: the
@@ -949,9 +970,8 @@ def icinga2_daemon(conf_dirs, constants: dict | None = None, *, name: str = "ici
         for root, _subdirs, files in os.walk(var):
             _chown_daemon(root, *[os.path.join(root, x) for x in files])
         _chown_daemon(main)
-        _require_readable([os.path.abspath(os.fspath(c)) for c in
-                           ([conf_dirs] if isinstance(conf_dirs, (str, os.PathLike)) else conf_dirs)]
-                          + _path_values(consts.values()), "Icinga 2 config or constant path")
+        _require_readable(_paths(conf_dirs) + _path_values(consts.values()),
+                          "Icinga 2 config or constant path")
         user_, group_ = _daemon_user()
         env = dict(DAEMON_ENV, ICINGA2_USER=user_, ICINGA2_GROUP=group_)
         with open(d.stdout_path, "wb") as out:
@@ -1014,19 +1034,8 @@ def _nagios_setup(base: str, cfg_files, resource: dict | None, active_checks: bo
         res[int(m.group(1))] = str(v)
     with open(os.path.join(base, "resource.cfg"), "w") as f:
         f.writelines(f"$USER{n}$={v}\n" for n, v in sorted(res.items()))
-    if isinstance(cfg_files, (str, os.PathLike)):
-        cfg_files = [cfg_files]
     lines = [f"cfg_file={os.path.join(TEMPLATES, 'nagios-base.cfg')}"]
-    for c in cfg_files:
-        c = os.path.abspath(os.fspath(c))
-        if "\n" in c:
-            raise ValueError("newline in path")
-        if os.path.isdir(c):
-            lines.append(f"cfg_dir={c}")
-        elif os.path.isfile(c):
-            lines.append(f"cfg_file={c}")
-        else:
-            raise HarnessError(f"Nagios object path does not exist: {c}")
+    lines += _include_lines(cfg_files, "cfg_dir=", "cfg_file=", "Nagios object path")
     user, group = _daemon_user()
     main = os.path.join(base, "nagios.cfg")
     with open(main, "w") as f:
@@ -1205,11 +1214,7 @@ class NagiosDaemon:
         return _wait_until(read, timeout, f"Nagios perfdata line for {host}!{service}", interval=0.05)
 
     def log_text(self) -> str:
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+        return _read_text(self.log_path)
 
     def assert_running(self) -> None:
         if self.popen is not None and self.popen.poll() is not None:
@@ -1240,9 +1245,8 @@ def nagios_daemon(cfg_files, resource: dict | None = None, *, name: str = "nagio
     d = None
     try:
         main = _nagios_setup(base, cfg_files, resource, active_checks, service_check_timeout)
-        _require_readable([os.path.abspath(os.fspath(c)) for c in
-                           ([cfg_files] if isinstance(cfg_files, (str, os.PathLike)) else cfg_files)]
-                          + _path_values((resource or {}).values()), "Nagios object config or resource path")
+        _require_readable(_paths(cfg_files) + _path_values((resource or {}).values()),
+                          "Nagios object config or resource path")
         v = subprocess.run(["nagios4", "-v", main], capture_output=True, text=True, env=DAEMON_ENV,
                            stdin=subprocess.DEVNULL, cwd="/", timeout=60)
         if v.returncode != 0:
@@ -1299,11 +1303,7 @@ class NrpeDaemon:
         return check_nrpe(command, self.port, extra_args, timeout=timeout)
 
     def log_text(self) -> str:
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+        return _read_text(self.log_path)
 
     def stop(self) -> None:
         if self.pid is not None and self.stop_seconds is None:
@@ -1318,18 +1318,7 @@ def nrpe_daemon(command_file, port: int | None = None, *, command_timeout: int =
     (a file or a list; a directory becomes include_dir=). Waits until check_nrpe gets an answer
     from THIS daemon (a private probe command), yields an NrpeDaemon, stops it afterwards by pid."""
     ensure_tools("nrpe", "check_nrpe")
-    files = [command_file] if isinstance(command_file, (str, os.PathLike)) else list(command_file)
-    includes = []
-    for c in files:
-        c = os.path.abspath(os.fspath(c))
-        if "\n" in c:
-            raise ValueError("newline in path")
-        if os.path.isdir(c):
-            includes.append(f"include_dir={c}")
-        elif os.path.isfile(c):
-            includes.append(f"include={c}")
-        else:
-            raise HarnessError(f"NRPE command file does not exist: {c}")
+    includes = _include_lines(command_file, "include_dir=", "include=", "NRPE command file")
     base = private_dir(name)
     d = None
     try:

@@ -16,7 +16,8 @@ running after the session (reruns take < 1 s); NLC_LIBVIRT_STOP_AT_END=1 stops t
 Fixtures
     libvirtd (session) -> LibvirtHarness     daemon + guests running, or service_unavailable()
     libvirtd_down (function) -> LibvirtHarness   libvirtd stopped for the test (guests keep
-                                                 running), started again afterwards
+                                                 running), started again afterwards; tests
+                                                 that use it one after another share one stop
 
 LibvirtHarness attributes: uri ("qemu:///system"), ro_socket, rw_socket, workdir, guests (list
 of dicts from WORKDIR/guests.json: name, uuid, nova_name, nova_ns, nova_version, tenant_name,
@@ -275,12 +276,43 @@ def libvirtd():
     harness.start_output = proc.stdout
     harness.start_seconds = time.monotonic() - t0
     yield harness
+    _end_outage()          # a run stopped (-x, Ctrl-C) while libvirtd_down held libvirtd
     if STOP_AT_END:
         stop_harness()
 
 
+# The test pytest runs after the current one (pytest_runtest_protocol below), so that an
+# outage can be held over consecutive tests that all need it.
+_next_test = None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    global _next_test
+    _next_test = nextitem
+
+
+class _Outage:
+    """libvirtd stopped by libvirtd_down, until the teardown of the last of the consecutive
+    tests that use it (or the end of the session)."""
+    held = False
+
+
 @pytest.fixture
 def libvirtd_down(libvirtd):
-    """libvirtd stopped for this test (guests keep running); started again afterwards."""
-    with libvirtd.daemon_stopped():
-        yield libvirtd
+    """libvirtd stopped for this test (guests keep running), started again afterwards. Tests
+    that use this fixture one after another share one stop (each stop and start costs ~0.5 s):
+    it is started again in the teardown of the last of them, failed or not, before any test
+    that does not ask for it (and at the end of the session, whatever happened)."""
+    if not _Outage.held:
+        libvirtd.stop_daemon()
+        _Outage.held = True
+    yield libvirtd
+    if _next_test is None or "libvirtd_down" not in getattr(_next_test, "fixturenames", ()):
+        _end_outage()
+
+
+def _end_outage():
+    if _Outage.held:
+        start_daemon()
+        _Outage.held = False

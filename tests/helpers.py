@@ -127,3 +127,20 @@ def parse_option(parser, option, attribute, value):
         assert plugin.plain(message).count("\n") == 0
         return None
     return getattr(namespace, attribute)
+
+
+def option_value_failures(parser, cases):
+    """Every value of every case (option, attribute, valid, values) through parse_option: a
+    value must be refused naming the option, or accepted as one that `valid` takes. Returns a
+    line for each value that failed that, all of them (one report, not the first failure)."""
+    failures = []
+    for option, attribute, valid, values in cases:
+        for value in values:
+            try:
+                accepted = parse_option(parser, option, attribute, value)
+                if accepted is not None:
+                    valid(accepted)
+            except Exception as exc:  # noqa: BLE001 - collect them all: one report
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                failures.append(f"{option}={value[:50]!r}: {type(exc).__name__}: {first[:150]}")
+    return failures

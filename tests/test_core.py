@@ -61,7 +61,56 @@ def test_any_text_parses_or_raises_valueerror(text):
 @given(st.floats(allow_nan=False, allow_infinity=False, min_value=-1e15, max_value=1e15))
 def test_numbers_never_use_exponents(value):
     text = thresholds.format_number(value)
-    assert re.fullmatch(r"-?\d+(\.\d{1,6})?", text), text
+    assert re.fullmatch(r"-?\d+(\.\d+)?", text), text
+    # 6 decimals, or 6 significant digits below 0.1: a non-zero number never prints as 0
+    assert abs(float(text) - value) <= max(5e-7, abs(value) * 5e-6), (value, text)
+    assert (float(text) == 0) == (value == 0), (value, text)
+
+
+@pytest.mark.parametrize("value, text", [
+    (1e-7, "0.0000001"), (-4.9e-7, "-0.00000049"), (1.234567891e-7, "0.000000123457"),
+    (0.0123456789, "0.0123457"), (0.123456789, "0.123457"), (123.4567891, "123.456789"),
+    (5e-7, "0.0000005"), (2.5, "2.5"), (-0.0, "0"), (1e20, "100000000000000000000"),
+])
+def test_numbers_keep_small_values(value, text):
+    assert thresholds.format_number(value) == text
+
+
+def test_a_tiny_bound_stays_a_bound():
+    """`-w 0.0000001` is that, in the judging, in perfdata and in the breach text."""
+    rng = thresholds.parse_range("0.0000001", thresholds.TIME_UNITS)
+    assert rng.end == 1e-7 and not rng.match(2e-7)
+    assert thresholds.format_range(rng) == "0.0000001"
+    assert thresholds.describe_breach(0.0001, rng) == "0.0001 > 0.0000001"
+    assert thresholds.format_range(thresholds.parse_range("@1us:2us", thresholds.TIME_UNITS)) == \
+        "@0.000001:0.000002"
+
+
+def _named_range_parser():
+    parser = plugin.ArgumentParser("check_x", "test")
+    limits = thresholds.named_range_type({"cpu", "memory"}, lambda _name: thresholds.PLAIN_UNITS)
+    for flag, option in (("-w", "--warning"), ("-c", "--critical")):
+        parser.add_argument(flag, option, type=limits, action=thresholds.OncePerName, default=[])
+    return parser
+
+
+def test_named_ranges_append_once_per_name():
+    args = _named_range_parser().parse_args(["-w", "cpu=80", "--warning", "memory=90:", "-c", "cpu=95"])
+    assert [(name, thresholds.format_range(rng)) for name, rng in args.warning] == \
+        [("cpu", "80"), ("memory", "90:")]
+    assert [name for name, _ in args.critical] == ["cpu"]
+    assert _named_range_parser().parse_args([]).warning == []
+
+
+@pytest.mark.parametrize("argv", [["-w", "cpu=80", "-w", "cpu=90"], ["-w", "cpu=80", "--warning", "cpu=80"],
+                                  ["-c", "memory=1", "-w", "cpu=1", "-c", "memory=@2:3"]])
+def test_a_name_given_twice_is_an_invalid_argument(argv):
+    """`-w cpu=80 -w cpu=90` is a mistake: keeping either value silently would hide it."""
+    with pytest.raises(plugin.UsageError) as error:
+        _named_range_parser().parse_args(argv)
+    option = "-w/--warning" if argv[0] == "-w" else "-c/--critical"
+    name = argv[1].split("=")[0]
+    assert str(error.value) == f"invalid argument: argument {option}: {name} given twice: one range per name"
 
 
 def test_state_of():
@@ -76,14 +125,24 @@ def test_state_of():
     (0, "B/s", "0 B/s"), (999, "B/s", "999 B/s"), (1500, "B/s", "1.5 kB/s"),
     (1.5e6, "B/s", "1.5 MB/s"), (123.4e9, "B", "123 GB"), (2e12, "B", "2 TB"),
     (1500, "", "1.5k"), (12e6, "", "12M"), (0.25, "", "0.25"),
+    (1e-7, "B/s", "0.0000001 B/s"), (1.23456e-4, "", "0.000123"),   # never an exponent
 ])
 def test_decimal_sizes_for_people(value, unit, text):
     assert sizes.decimal(value, unit) == text
 
 
+def test_milliseconds_for_people():
+    assert [sizes.milliseconds(v) for v in (150, 0.21, 1e-7, 0)] == ["150 ms", "0.21 ms", "0.0000001 ms", "0 ms"]
+
+
+def test_percent_for_people():
+    assert [sizes.percent(v) for v in (85, 2.5, 0, 0.0123, 1e-7, 0.05)] == \
+        ["85%", "2.5%", "0%", "0.012%", "0.0000001%", "0.1%"]
+
+
 def test_seconds_for_people():
-    assert [sizes.seconds(v) for v in (2, 0.5123, 1.5, 3.02197)] == \
-        ["2 s", "0.512 s", "1.500 s", "3.022 s"]
+    assert [sizes.seconds(v) for v in (2, 0.5123, 1.5, 3.02197, 1e-7, 1.23456e-4, 0)] == \
+        ["2 s", "0.512 s", "1.500 s", "3.022 s", "0.0000001 s", "0.000123 s", "0 s"]
 
 
 # ---------------------------------------------------------------- perfdata labels
@@ -153,7 +212,8 @@ def test_perfdata_token_format():
     crit = thresholds.parse_range("@1Ki:2Ki")
     assert perfdata.token("a", 1.25, "s", warn, crit, 0) == "a=1.25s;10;@1024:2048;0"
     assert perfdata.token("b", 3) == "b=3"
-    assert perfdata.token("c", 1e-7, "", None, None, 0, 100) == "c=0;;;0;100"
+    assert perfdata.token("c", 1e-7, "", None, None, 0, 100) == "c=0.0000001;;;0;100"
+    assert perfdata.token("d", 0.5, "s", thresholds.parse_range("0.0000001")) == "d=0.5s;0.0000001"
 
 
 # ---------------------------------------------------------------- plugin output
@@ -272,7 +332,7 @@ def test_adapter_output_keeps_order_labels_and_plain_numbers():
     proc = _run(MODEL, "-v", "fine")
     assert proc.returncode == 1 and proc.stderr == "", proc
     first, *rest = proc.stdout.splitlines()
-    assert first == ("X WARNING - mid count 7 > 5 | zeta=0s;;;0 "
+    assert first == ("X WARNING - mid count 7 > 5 | zeta=0.0000001s;;;0 "
                      "alpha.web-01=12345678901234.5B;;;0;1152921504606846976 mid=7;5;@~:-1")
     assert rest == ["detail one", "detail two", "offender: mid"]
     assert _run(MODEL, "fine").stdout.splitlines()[1:] == ["offender: mid"]
@@ -284,7 +344,7 @@ def test_adapter_status_text_is_made_plain():
     code = MODEL.replace('nagiosplugin.Metric("mid", 7', 'nagiosplugin.Metric("mid", 3')
     proc = _run(code, "fine")
     assert proc.returncode == 0
-    assert proc.stdout.startswith("X OK - pool fine \u00a6 forged=1?SECOND LINE | zeta=0s")
+    assert proc.stdout.startswith("X OK - pool fine \u00a6 forged=1?SECOND LINE | zeta=0.0000001s")
     assert proc.stdout.count("\n") == 1
 
 

@@ -43,7 +43,7 @@ from nova_libvirt_checks.thresholds import format_range
 from tests.checkrun import NODE_URI, ROOT, Result, assert_plugin_output, run_check
 from tests.conftest import TEST_ROOT, is_root, service_unavailable
 from tests.fixtures_libvirt import NOVA_NS_1_1, RO_SOCKET, WORKDIR, run_as_nagios
-from tests.helpers import OPTION_SPECIALS, apt_install, parse_option
+from tests.helpers import OPTION_SPECIALS, apt_install, option_value_failures, parse_option
 from tests.oracle import (ALL_METRICS, MEASURED_ELSEWHERE, SLACK_S, CounterRecorder, assert_rates_match,
                           bulk_reader, in_run_starts, label_base, recorded_sample_times)
 from tests.oracle import read_state as state_document
@@ -231,18 +231,10 @@ def test_every_option_value_is_refused_naming_the_option_or_means_something_sane
     warning. Product bugs (see the doc): a 400-digit number raises OverflowError (ranges of
     both checks); 'inf'/'1e999' accepted by --interval/--max-age/--metadata-ttl; '[[a]'
     warns on stderr (every regex option)."""
-    failures = []
-    for name, option, attribute, valid in OPTIONS:
-        if name != check:
-            continue
-        for value in _values_for(check, option):
-            try:
-                accepted = parse_one(check, option, attribute, value)
-                if accepted is not None:
-                    valid(accepted)
-            except Exception as exc:  # collect them all: one report
-                first = str(exc).splitlines()[0] if str(exc) else ""
-                failures.append(f"{option}={value[:50]!r}: {type(exc).__name__}: {first[:150]}")
+    parser = INSTANCES_PARSER if check == "instances" else LIBVIRTD_PARSER
+    failures = option_value_failures(parser, [(option, attribute, valid, _values_for(check, option))
+                                              for name, option, attribute, valid in OPTIONS
+                                              if name == check])
     assert not failures, f"{len(failures)} values:\n" + "\n".join(failures)
 
 

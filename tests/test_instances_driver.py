@@ -165,6 +165,35 @@ def test_invalid_arguments(state_dir, args, option):
     assert option in result.text and len(result.lines) == 1
 
 
+@pytest.mark.parametrize("args, option, name", [
+    (["-w", "cpu=80", "-w", "cpu=90"], "-w/--warning", "cpu"),
+    (["-c", "disk_write_bytes=1M", "--critical", "disk_write_bytes=1M"], "-c/--critical", "disk_write_bytes"),
+    (["--total-warning", "cpu=150", "-w", "cpu=80", "--total-warning", "cpu=180"], "--total-warning", "cpu"),
+])
+def test_a_metric_given_twice_is_an_invalid_argument(state_dir, args, option, name):
+    """`-w cpu=80 -w cpu=90` is a mistake, not "the last one wins"."""
+    result = check(state_dir, *args)
+    assert_plugin_output(result, 3)
+    assert result.stdout == (f"INSTANCES UNKNOWN - invalid argument: argument {option}: "
+                             f"{name} given twice: one range per name\n")
+    assert not os.path.exists(state_dir)                 # nothing measured, nothing kept
+
+
+def test_a_bound_under_a_microunit_is_kept(state_dir):
+    """-w METRIC=0.0000001 is that in perfdata and in the breach text, never 0 or 1e-07."""
+    result = check(state_dir, "--interval", "0.2", "-w", "disk_read_bytes=0.0000001",
+                   "-w", "disk_read_latency=0.0000001", "--total-warning", "cpu=0.0000002")
+    assert_plugin_output(result, 1)
+    assert "disk read 50 kB/s > 0.0000001 B/s" in result.text, result.text
+    # perfdata numbers: assert_plugin_output; the words, without the (hex) ids in brackets
+    words = re.sub(r"\[[^]]*\]", "", "\n".join([result.text] + result.lines[1:]))
+    assert not re.search(r"\d[eE][-+]?\d", words), words
+    reads = [t for label, t in result.perfdata.items()
+             if label.endswith(".disk_read_bytes") and not label.startswith("total.")]
+    assert reads and all(t.split(";")[1] == "0.0000001" for t in reads), reads
+    assert result.perfdata["total.cpu"].split(";")[1] == "0.0000002"
+
+
 def test_output_is_bounded(state_dir):
     result = check(state_dir, "--max-output", "1500")
     assert_plugin_output(result, 0)

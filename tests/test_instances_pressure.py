@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -27,9 +28,12 @@ import pytest
 
 from tests.checkrun import assert_plugin_output, run_check
 from tests.conftest import is_root, service_unavailable
-from tests.fixtures_libvirt import URI, open_ro
+from tests.fixtures_libvirt import HARNESS_DIR, URI, open_ro
 
 from nova_libvirt_checks.rates import STALE_GUEST_STATS, rates, slowest_disk
+
+sys.path.insert(0, HARNESS_DIR)
+import domain_xml  # noqa: E402  (the harness's domain builder)
 
 DELAY_MS = 150
 SLOW, BUSY, ORDINARY = "nlc-metrics-slowdisk", "nlc-metrics-busy", "instance-00000001"
@@ -38,30 +42,28 @@ NAMES = "^(nlc-metrics-(slowdisk|busy)|instance-00000001)$"
 
 # ---------------------------------------------------------------- guests
 
-def _guest_xml(name, workdir, kernel, initrd, disk, balloon, cmdline=""):
-    serial = os.path.join(workdir, name + ".serial")
-    return f"""<domain type='qemu'>
-  <name>{name}</name>
-  <memory unit='MiB'>128</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>{kernel}</kernel>
-    <initrd>{initrd}</initrd>
-    <cmdline>console=ttyS0 quiet panic=-1 tsc=unstable clocksource=hpet {cmdline} nlc_sleep=1 nlc_count=8 nlc_ip=10.0.2.15/24 nlc_gw=10.0.2.2</cmdline>
-  </os>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>restart</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    {disk}
-    <interface type='user'><model type='virtio'/></interface>
-    <serial type='file'><source path='{serial}'/><target port='0'/></serial>
-    <memballoon model='virtio'>{balloon}</memballoon>
-    <video><model type='none'/></video>
-  </devices>
-</domain>"""
+def _guest_xml(name, workdir, guestdir, disk, balloon_period, extra_cmdline=""):
+    """The harness's guest (its builder, its kernel and initramfs in `guestdir`), 128 MiB, on
+    QEMU's user-mode network."""
+    return domain_xml.build_domain(
+        name, guestdir, memory_mib=128, disk=disk, nic=domain_xml.user_nic(),
+        cmdline=domain_xml.guest_cmdline("10.0.2.15", "10.0.2.2", extra=extra_cmdline),
+        serial=domain_xml.file_console(os.path.join(workdir, name + ".serial")),
+        balloon_period=balloon_period)
+
+
+def slow_guest_xml(workdir, guestdir, socket):
+    return _guest_xml(SLOW, workdir, guestdir, domain_xml.nbd_disk(socket), balloon_period=None)
+
+
+def busy_guest_xml(workdir, guestdir, image):
+    return _guest_xml(BUSY, workdir, guestdir, domain_xml.file_disk(image, "raw"), balloon_period=1,
+                      extra_cmdline="idle=poll")
+
+
+def harness_guestdir(libvirtd):
+    """Where the harness's kernel and initramfs are (the standing guests boot them too)."""
+    return os.path.dirname(libvirtd.guest("web-01")["kernel"])
 
 
 @contextlib.contextmanager
@@ -150,13 +152,7 @@ def slow_guest(libvirtd, workdir):
             assert time.monotonic() < deadline, "nbdkit did not create its socket in 20 s"
             time.sleep(0.05)
         os.chmod(socket, 0o666)      # connecting needs write permission; QEMU is libvirt-qemu
-        disk = f"""<disk type='network' device='disk'>
-      <driver name='qemu' type='raw' cache='none'/>
-      <source protocol='nbd'><host transport='unix' socket='{socket}'/></source>
-      <target dev='vda' bus='virtio'/>
-    </disk>"""
-        web = libvirtd.guest("web-01")
-        xml = _guest_xml(SLOW, workdir, web["kernel"], web["initrd"], disk, balloon="")
+        xml = slow_guest_xml(workdir, harness_guestdir(libvirtd), socket)
         with _running(xml, SLOW, workdir) as name:
             yield name
     finally:
@@ -169,14 +165,7 @@ def busy_guest(libvirtd, workdir):
     image = os.path.join(workdir, "busy.raw")
     with open(image, "wb") as handle:
         handle.truncate(64 * 2**20)
-    disk = f"""<disk type='file' device='disk'>
-      <driver name='qemu' type='raw' cache='none'/>
-      <source file='{image}'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>"""
-    web = libvirtd.guest("web-01")
-    xml = _guest_xml(BUSY, workdir, web["kernel"], web["initrd"], disk, balloon="<stats period='1'/>",
-                     cmdline="idle=poll")
+    xml = busy_guest_xml(workdir, harness_guestdir(libvirtd), image)
     with _running(xml, BUSY, workdir) as name:
         yield name
 

@@ -52,6 +52,23 @@ def test_response_time_thresholds():
     assert run_check("check_libvirtd", "-U", "test:///default", "-w", "5", "-c", "500ms").returncode == 0
 
 
+def test_a_response_time_bound_under_a_microsecond_is_kept():
+    """-w 0.0000001 is judged, printed in perfdata and in the breach text as given, not as 0."""
+    result = run_check("check_libvirtd", "-U", "test:///default", "-w", "0.0000001", "-c", "10")
+    assert_plugin_output(result, 1)
+    assert result.text.startswith("LIBVIRTD WARNING - response time ")
+    assert " s > 0.0000001 s - test:///default answered in " in result.text
+    assert result.perfdata["time"].endswith("s;0.0000001;10;0")
+
+
+def test_a_state_given_twice_is_an_invalid_argument():
+    result = run_check("check_libvirtd", "-U", "test:///default", "--domains-warning", "paused=0",
+                       "--domains-critical", "paused=1:", "--domains-warning", "paused=1")
+    assert_plugin_output(result, 3)
+    assert result.stdout == ("LIBVIRTD UNKNOWN - invalid argument: argument --domains-warning: "
+                             "paused given twice: one range per name\n")
+
+
 @pytest.mark.parametrize("args, option", [
     (["-w", "fast"], "-w/--warning"), (["-c", "1:0"], "-c/--critical"),
     (["--domains-warning", "zombie=1"], "--domains-warning"),

@@ -34,8 +34,8 @@ from . import plugin, sizes
 from .capacity import (RESOURCES, WORDS, Amount, FlavorError, Host, cloud_room, flavor_needs,
                        room, totals)
 from .perfdata import label, labels_by_name
-from .thresholds import (PLAIN_UNITS, SIZE_UNITS, breach, describe_breach, format_number,
-                         parse_range, range_type)
+from .thresholds import (PLAIN_UNITS, SIZE_UNITS, OncePerName, breach, describe_breach,
+                         format_number, parse_range, range_type)
 
 NAME = "HYPERVISORS"
 
@@ -141,13 +141,13 @@ Examples:
   check_nova_hypervisors --os-cloud prod --aggregate gpu -c memory_free=256Gi: --flavor m1.xlarge
   check_nova_hypervisors --hypervisor-critical disk_free=100Gi: --disabled-warning 0""")
     limits = parser.add_argument_group("limits")
-    limits.add_argument("-w", "--warning", type=limit_type, action="append", default=[],
+    limits.add_argument("-w", "--warning", type=limit_type, action=OncePerName, default=[],
                         metavar="RESOURCE=LIMIT", help="warning limit on the cloud total")
-    limits.add_argument("-c", "--critical", type=limit_type, action="append", default=[],
+    limits.add_argument("-c", "--critical", type=limit_type, action=OncePerName, default=[],
                         metavar="RESOURCE=LIMIT", help="critical limit on the cloud total")
-    limits.add_argument("--hypervisor-warning", type=limit_type, action="append", default=[],
+    limits.add_argument("--hypervisor-warning", type=limit_type, action=OncePerName, default=[],
                         metavar="RESOURCE=LIMIT", help="warning limit on each hypervisor")
-    limits.add_argument("--hypervisor-critical", type=limit_type, action="append", default=[],
+    limits.add_argument("--hypervisor-critical", type=limit_type, action=OncePerName, default=[],
                         metavar="RESOURCE=LIMIT", help="critical limit on each hypervisor")
     counts = range_type({"": 1})
     limits.add_argument("--down-warning", type=counts, metavar="RANGE",

@@ -24,7 +24,7 @@ from .metadata import NovaInstance
 from .perfdata import labels_with_ids
 from .rates import METRICS, baseline, gauges, rates, remember, slowest_disk, to_state
 from .state import StateError, StateFile, boot_id, file_for
-from .thresholds import COUNT_UNITS, MILLISECOND_UNITS, PLAIN_UNITS, SIZE_UNITS, breach, named_range_type
+from .thresholds import COUNT_UNITS, MILLISECOND_UNITS, PLAIN_UNITS, SIZE_UNITS, OncePerName, breach, named_range_type
 
 NAME = "INSTANCES"
 STATE_NAMES = tuple(DOMAIN_STATES.values())
@@ -99,17 +99,17 @@ def build_parser():
     parser.add_argument("-U", "--connect", metavar="URI", default=None,
                         help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system); read-only")
     limits = named_range_type(set(METRICS), _units_of)
-    parser.add_argument("-w", "--warning", type=limits, action="append", default=[],
+    parser.add_argument("-w", "--warning", type=limits, action=OncePerName, default=[],
                         metavar="METRIC=RANGE",
                         help=f"warning range per instance, METRIC one of: {metric_names}; repeatable")
-    parser.add_argument("-c", "--critical", type=limits, action="append", default=[],
+    parser.add_argument("-c", "--critical", type=limits, action=OncePerName, default=[],
                         metavar="METRIC=RANGE", help="critical range per instance; repeatable")
     total_limits = named_range_type({m for m, spec in METRICS.items() if spec.total}, _units_of)
-    parser.add_argument("--total-warning", type=total_limits, action="append", default=[],
+    parser.add_argument("--total-warning", type=total_limits, action=OncePerName, default=[],
                         metavar="METRIC=RANGE",
                         help="warning range for the sum over the selected instances (cpu: %% of the "
                              "host's CPUs, so is cpu_delay; not for memory and the latencies); repeatable")
-    parser.add_argument("--total-critical", type=total_limits, action="append", default=[],
+    parser.add_argument("--total-critical", type=total_limits, action=OncePerName, default=[],
                         metavar="METRIC=RANGE", help="critical range for the sum; repeatable")
     parser.add_argument("--state-warning", type=_states, action="append", default=[],
                         metavar="STATE[:REASON],...",

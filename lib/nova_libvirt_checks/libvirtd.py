@@ -18,7 +18,7 @@ import nagiosplugin
 from . import plugin, sizes
 from .connection import (DOMAIN_STATES, STATE_WORDS, call_error, default_uri, libvirt_module,
                          open_connection, version_string)
-from .thresholds import NUMBERS, TIME_UNITS, named_range_type, range_type
+from .thresholds import NUMBERS, TIME_UNITS, OncePerName, named_range_type, range_type
 
 NAME = "LIBVIRTD"
 COUNTED = list(DOMAIN_STATES.values()) + ["total"]
@@ -43,11 +43,11 @@ def build_parser() -> plugin.ArgumentParser:
     parser.add_argument("-c", "--critical", type=range_type(TIME_UNITS), metavar="RANGE",
                         help="critical range for the response time in seconds")
     counts = named_range_type(set(COUNTED), lambda _name: NUMBERS)
-    parser.add_argument("--domains-warning", type=counts, action="append", default=[],
+    parser.add_argument("--domains-warning", type=counts, action=OncePerName, default=[],
                         metavar="STATE=RANGE",
                         help="warning range for the number of domains in STATE (" + ", ".join(COUNTED)
                         + "); repeatable, e.g. paused=0")
-    parser.add_argument("--domains-critical", type=counts, action="append", default=[],
+    parser.add_argument("--domains-critical", type=counts, action=OncePerName, default=[],
                         metavar="STATE=RANGE", help="critical range, as --domains-warning; e.g. crashed=0")
     return parser
 

@@ -74,7 +74,8 @@ def parse_range(text: str, units: Union[Units, dict] = SIZE_UNITS) -> nagiosplug
 
 
 def format_number(value: Number) -> str:
-    """A number as perfdata wants it: no exponent, no trailing zeros, at most 6 decimals."""
+    """A number as perfdata wants it: no exponent, no trailing zeros; 6 decimals, and below
+    0.1 six significant digits (1e-07 is 0.0000001, never 0)."""
     if isinstance(value, bool):
         value = int(value)
     if isinstance(value, int):
@@ -83,7 +84,8 @@ def format_number(value: Number) -> str:
         raise ValueError(f"not a finite number: {value}")
     if value == int(value) and abs(value) < 2**63:
         return str(int(value))
-    text = f"{value:.6f}".rstrip("0").rstrip(".")
+    decimals = max(6, 5 - math.floor(math.log10(abs(value))))
+    text = f"{value:.{decimals}f}".rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
 
 
@@ -130,6 +132,19 @@ def named_range_type(names: Collection[str], units_of: Callable[[str], Units]
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a valid range: {text!r}") from None
     return convert
+
+
+class OncePerName(argparse.Action):
+    """The argparse action of every repeatable NAME=RANGE option: appends (name, range) like
+    action="append", but a NAME given twice is an error (`-w cpu=80 -w cpu=90` is a mistake;
+    keeping either value silently would hide it)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        name = values[0]
+        given = list(getattr(namespace, self.dest, None) or [])
+        if name in dict(given):
+            raise argparse.ArgumentError(self, f"{name} given twice: one range per name")
+        setattr(namespace, self.dest, given + [values])
 
 
 def state_of(value: Number, warning: Optional[nagiosplugin.Range] = None,

@@ -96,14 +96,16 @@ def guest_info(g, workdir, guestdir):
     return info
 
 
-def _nova_metadata(g, info):
+def nova_metadata(g, guest_ip):
+    """The <nova:instance> element Nova writes into a domain's <metadata>, for identity `g`
+    (keys as in GUESTS) whose port has `guest_ip`."""
     f = g["flavor"]
     ports = ""
     if g["nova_ns"] == NOVA_NS_1_1:    # <nova:ports> appeared with the 1.1 schema
         ports = f"""
       <nova:ports>
         <nova:port uuid={quoteattr(g["port_uuid"])}>
-          <nova:ip type="fixed" address={quoteattr(info["guest_ip"])} ipVersion="4"/>
+          <nova:ip type="fixed" address={quoteattr(guest_ip)} ipVersion="4"/>
         </nova:port>
       </nova:ports>"""
     return f"""<nova:instance xmlns:nova={quoteattr(g["nova_ns"])}>
@@ -125,60 +127,129 @@ def _nova_metadata(g, info):
     </nova:instance>"""
 
 
-def domain_xml(g, workdir, guestdir):
-    info = guest_info(g, workdir, guestdir)
-    cmdline = (f"console=ttyS0 quiet panic=-1 tsc=unstable clocksource=hpet nlc_sleep=1 nlc_count=8 "
-               f"nlc_ip={info['guest_ip']}/{info['prefix']} nlc_gw={info['host_ip']}")
+# ---------------------------------------------------------------- one builder for every domain
+# The harness's guests, the bench's scale domains (bench/qemu_domains.py) and the tests' own
+# guests (tests/test_instances_pressure.py, ...) are all this TCG domain booting the harness's
+# kernel and initramfs; they differ only in the parts below.
+
+def guest_cmdline(guest_ip, gateway, prefix=24, extra=""):
+    """The kernel command line the harness's /init reads (build_guest.sh): its disk loop
+    (8 x 64 KiB, 1 s pause) and the guest's address on its NIC; `extra`: more kernel options."""
+    return " ".join(filter(None, (
+        "console=ttyS0 quiet panic=-1 tsc=unstable clocksource=hpet", extra,
+        f"nlc_sleep=1 nlc_count=8 nlc_ip={guest_ip}/{prefix} nlc_gw={gateway}")))
+
+
+def file_disk(path, image_format="qcow2"):
+    """vda: an image file of the host, uncached (as Nova's default cache='none')."""
+    return f"""<disk type='file' device='disk'>
+      <driver name='qemu' type='{image_format}' cache='none'/>
+      <source file={quoteattr(path)}/>
+      <target dev='vda' bus='virtio'/>
+    </disk>"""
+
+
+def nbd_disk(socket):
+    """vda: a raw NBD export on a unix socket (e.g. nbdkit, to slow the disk down)."""
+    return f"""<disk type='network' device='disk'>
+      <driver name='qemu' type='raw' cache='none'/>
+      <source protocol='nbd'>
+        <host transport='unix' socket={quoteattr(socket)}/>
+      </source>
+      <target dev='vda' bus='virtio'/>
+    </disk>"""
+
+
+def tap_nic(mac, tap, host_ip=None, prefix=24):
+    """A virtio NIC on a tap libvirt makes (<interface type='ethernet'>), as Nova plugs OVS or
+    Linux-bridge ports: net.* stats exist. With `host_ip`, libvirt gives the tap's host side
+    that address (the guest's gateway)."""
+    source = ""
+    if host_ip:
+        source = f"""
+      <source>
+        <ip address='{host_ip}' prefix='{prefix}'/>
+      </source>"""
+    return f"""<interface type='ethernet'>
+      <mac address='{mac}'/>{source}
+      <target dev='{tap}' managed='yes'/>
+      <model type='virtio'/>
+    </interface>"""
+
+
+def user_nic():
+    """A virtio NIC on QEMU's user-mode network (no tap on the host)."""
+    return """<interface type='user'>
+      <model type='virtio'/>
+    </interface>"""
+
+
+def file_console(path):
+    """The serial console, written to a file (where /init prints its ready marker)."""
+    return f"""<serial type='file'>
+      <source path={quoteattr(path)}/>
+      <target port='0'/>
+    </serial>
+    <console type='file'>
+      <source path={quoteattr(path)}/>
+      <target type='serial' port='0'/>
+    </console>"""
+
+
+NULL_SERIAL = "<serial type='null'/>"
+
+
+def build_domain(name, guestdir, *, memory_mib, cmdline, disk, nic, serial, balloon_period,
+                 vcpus=1, uuid=None, metadata=None):
+    """Domain XML of a TCG guest booting the harness's kernel and initramfs (from `guestdir`,
+    made by build_guest.sh). The parts that differ: `disk`, `nic` and `serial` (the functions
+    above, or XML of the same shape), `cmdline` (guest_cmdline()), `balloon_period` (seconds
+    between the guest's balloon statistics; None: the guest sends none), `metadata` (e.g.
+    nova_metadata()); without `uuid` libvirt makes one."""
+    uuid_line = f"\n  <uuid>{uuid}</uuid>" if uuid else ""
+    metadata_block = f"\n  <metadata>\n    {metadata}\n  </metadata>" if metadata else ""
+    balloon = "<memballoon model='virtio'/>"
+    if balloon_period:
+        balloon = f"""<memballoon model='virtio'>
+      <stats period='{balloon_period}'/>
+    </memballoon>"""
     return f"""<domain type='qemu'>
-  <name>{g["name"]}</name>
-  <uuid>{g["uuid"]}</uuid>
-  <metadata>
-    {_nova_metadata(g, info)}
-  </metadata>
-  <memory unit='MiB'>{info["memory_mib"]}</memory>
-  <currentMemory unit='MiB'>{info["memory_mib"]}</currentMemory>
-  <vcpu placement='static'>{info["vcpus"]}</vcpu>
+  <name>{escape(name)}</name>{uuid_line}{metadata_block}
+  <memory unit='MiB'>{memory_mib}</memory>
+  <currentMemory unit='MiB'>{memory_mib}</currentMemory>
+  <vcpu placement='static'>{vcpus}</vcpu>
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>{escape(info["kernel"])}</kernel>
-    <initrd>{escape(info["initrd"])}</initrd>
-    <cmdline>{cmdline}</cmdline>
+    <kernel>{escape(os.path.join(guestdir, "vmlinuz"))}</kernel>
+    <initrd>{escape(os.path.join(guestdir, "initrd.img"))}</initrd>
+    <cmdline>{escape(cmdline)}</cmdline>
   </os>
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>restart</on_reboot>
   <on_crash>destroy</on_crash>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2' cache='none'/>
-      <source file={quoteattr(info["disk"])}/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <interface type='ethernet'>
-      <mac address='{g["mac"]}'/>
-      <source>
-        <ip address='{info["host_ip"]}' prefix='{info["prefix"]}'/>
-      </source>
-      <target dev='{info["tap"]}' managed='yes'/>
-      <model type='virtio'/>
-    </interface>
-    <serial type='file'>
-      <source path={quoteattr(info["serial_log"])}/>
-      <target port='0'/>
-    </serial>
-    <console type='file'>
-      <source path={quoteattr(info["serial_log"])}/>
-      <target type='serial' port='0'/>
-    </console>
-    <memballoon model='virtio'>
-      <stats period='5'/>
-    </memballoon>
+    {disk}
+    {nic}
+    {serial}
+    {balloon}
     <video>
       <model type='none'/>
     </video>
   </devices>
 </domain>
 """
+
+
+def domain_xml(g, workdir, guestdir):
+    """Domain XML of harness guest `g` (one of GUESTS)."""
+    info = guest_info(g, workdir, guestdir)
+    return build_domain(
+        g["name"], guestdir, uuid=g["uuid"], metadata=nova_metadata(g, info["guest_ip"]),
+        memory_mib=info["memory_mib"], vcpus=info["vcpus"],
+        cmdline=guest_cmdline(info["guest_ip"], info["host_ip"], info["prefix"]),
+        disk=file_disk(info["disk"]), nic=tap_nic(g["mac"], info["tap"], info["host_ip"], info["prefix"]),
+        serial=file_console(info["serial_log"]), balloon_period=5)
 
 
 def _write_if_changed(path, text):
