@@ -455,6 +455,10 @@ def test_down_and_disabled_hypervisors(mutable_cloud, state_dir):
         assert r.code == 0 and value(r, "hypervisors") == 2, r
     r = run(cloud, state_dir)
     assert r.code == 0 and value(r, "hypervisors_usable") == 3, r
+    # a limit broken by none: no empty list of names ("0 of 3 hypervisors disabled:  -")
+    r = run(cloud, state_dir, "--disabled-warning", "@0")
+    assert r.code == 1 and r.status.startswith(
+        "HYPERVISORS WARNING - 0 of 3 hypervisors disabled - 3 of 3 hypervisors up and enabled"), r
 
 
 def test_disabled_host_keeps_its_availability_zone(mutable_cloud, state_dir):

@@ -287,7 +287,7 @@ def read(args: argparse.Namespace, conn, started: float) -> Reading:
 # ---------------------------------------------------------------- judging
 
 class Limits:
-    """The limits of the command line, the last value given per quantity winning."""
+    """The limits of the command line (each quantity at most once: thresholds.OncePerName)."""
 
     def __init__(self, args: argparse.Namespace):
         self.cloud_warning, self.cloud_critical = dict(args.warning), dict(args.critical)
@@ -505,8 +505,8 @@ def _cloud_hint(quantity: str):
 def _count_hint(word: str):
     def hint(metric, limit, resource):
         hosts = getattr(resource.reading, word)
-        return (f"{len(hosts)} of {sizes.plural(len(resource.reading.hosts), 'hypervisor')} {word}: "
-                f"{_names(hosts)}")
+        text = f"{len(hosts)} of {sizes.plural(len(resource.reading.hosts), 'hypervisor')} {word}"
+        return f"{text}: {_names(hosts)}" if hosts else text      # e.g. --disabled-warning @0
     return hint
 
 
