@@ -129,18 +129,22 @@ def perfdata_of(check: nagiosplugin.Check) -> list[tuple[nagiosplugin.Metric, st
 
 def report_of(check: nagiosplugin.Check) -> Report:
     """Run the check (nagiosplugin probes each resource and judges each metric) and collect
-    its answer: state, the Summary's status line and long output, perfdata.
+    its answer: state, the Summary's status line and long output, perfdata."""
+    check()
+    return _answer(check, perfdata_of(check))
+
+
+def _answer(check: nagiosplugin.Check, pairs: list[tuple[nagiosplugin.Metric, str]]) -> Report:
+    """The answer of a check that has run, its perfdata given as `perfdata_of(check)`.
 
     The Summary's verbose() is asked at every -v level, not only from -v 1 on as nagiosplugin
     does: our checks name each offending instance or hypervisor at -v 0. A Summary that needs
     the level takes it in its constructor.
     """
-    check()
     long_output = check.verbose_str
     if isinstance(long_output, str):
         long_output = long_output.splitlines()
-    return Report(check.exitcode, check.summary_str, long_output,
-                  [tok for _metric, tok in perfdata_of(check)])
+    return Report(check.exitcode, check.summary_str, long_output, [tok for _metric, tok in pairs])
 
 
 # ---------------------------------------------------------------- output
@@ -346,12 +350,14 @@ def run(name: str, parser: argparse.ArgumentParser,
                    else f"no result within the timeout of {args.timeout:g} s")
         Watchdog(args.timeout, name, timeout_state, message).start()
         check = make_check(args)
-        report = report_of(check)
+        check()
+        pairs = perfdata_of(check)      # once: the answer's, and the lighter choices' source
+        report = _answer(check, pairs)
         max_bytes = getattr(args, "max_output", None)
         if max_bytes:
             def lighter():      # a generator: run only when the output is too large
                 if lighter_perfdata:
-                    yield from lighter_perfdata(args, perfdata_of(check))
+                    yield from lighter_perfdata(args, pairs)
             report = fit(name, report, max_bytes, lighter())
     except CheckError as exc:
         report = Report(exc.state, str(exc))
