@@ -151,6 +151,7 @@ class CounterRecorder:
         self.period = period
         self.readings = []
         self.spans = []
+        self.held_calls = []        # (start, end) of the check's calls a test held (RpcProxy)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.error = None
@@ -196,16 +197,27 @@ class CounterRecorder:
         after = [end - start for start, end in spans if start >= t][:3]
         return max([self.min_slack, *before, *during, *after])
 
+    def read_between(self, t):
+        """(earliest, latest) time the counters of a check's sample stamped t may have been
+        read: t -+ slack; but within a call the test held (held_calls), a stamp of that call is
+        the middle of the wait and libvirtd read the counters only after it: up to its end
+        + slack."""
+        slack = self.slack(t)
+        released = [end for start, end in self.held_calls if start <= t <= end]
+        return t - slack, max([t, *released]) + slack
+
     def _around(self, uuid, metric, t):
         """The counter's lowest and highest possible value at t: the last reading whose call
-        ended by t - slack, the first whose call started at t + slack or later."""
-        slack = self.slack(t)
+        ended by the earliest moment it may have been read, the first whose call started at the
+        latest such moment or later."""
+        earliest, latest = self.read_between(t)
         readings = list(zip(self.spans, self.readings))
         before = [v[uuid][metric] for (_, end), (_, v) in readings
-                  if end <= t - slack and metric in v.get(uuid, {})]
+                  if end <= earliest and metric in v.get(uuid, {})]
         after = [v[uuid][metric] for (start, _), (_, v) in readings
-                 if start >= t + slack and metric in v.get(uuid, {})]
-        assert before and after, (f"no reading of {metric} of {uuid} on both sides of t={t} +- {slack:.3f}: "
+                 if start >= latest and metric in v.get(uuid, {})]
+        assert before and after, (f"no reading of {metric} of {uuid} on both sides of t={t} "
+                                  f"({earliest - t:.3f}, +{latest - t:.3f}): "
                                   f"{[(round(a - t, 3), round(b - t, 3)) for a, b in self.spans]}")
         return before[-1], after[0]
 
@@ -222,8 +234,10 @@ class CounterRecorder:
     def gauge_bracket(self, uuid, metric, t):
         """(lowest, highest) value of a gauge (memory %) over the readings near t: the balloon
         figures change only when the guest reports (its stats period)."""
+        earliest, latest = self.read_between(t)
         near = [v[uuid][metric] for when, v in self.readings
-                if abs(when - t) <= self.slack(t) + 2 * self.period and metric in v.get(uuid, {})]
+                if earliest - 2 * self.period <= when <= latest + 2 * self.period
+                and metric in v.get(uuid, {})]
         assert near, f"no reading of {metric} of {uuid} near t={t}"
         return min(near), max(near)
 

@@ -458,7 +458,7 @@ def assert_guests_measured(result, libvirtd, recorder, state_dir, starts):
     ends = {u: t for u, t in recorded_sample_times(state_dir).items() if u in guests}
     if isinstance(starts, tuple):                  # (process start, --interval): sampled in-run
         starts = in_run_starts(ends, *starts)
-    recorder.wait_past(max(ends.values()) + 2)
+    recorder.wait_past(max(ends.values()) + 2 + max((e - s for s, e in recorder.held_calls), default=0))
     # the per-domain path has no vcpu.N.delay: known from what the check's samples hold
     samples = state_document(state_dir).get("samples") or {}
     sampled = {key for u in guests for key in (samples.get(u) or {}).get("c", {})}
@@ -550,6 +550,7 @@ class RpcProxy:
     def __init__(self, path, delay=0.0, hold=None, target=RO_SOCKET):
         self.path, self.delay, self.hold, self.target = path, delay, hold, target
         self.held = threading.Event()
+        self.held_span = None       # (monotonic time held, time sent on): the check's call waited
         self._release = threading.Event()
         self._stop = threading.Event()
         self._count = collections.Counter()
@@ -607,8 +608,10 @@ class RpcProxy:
                             proc = -344     # a re-ask for listed domains, not a sample of all
                         self._count[proc] += 1
                         if self.hold == (proc, self._count[proc]):
+                            held_at = time.monotonic()
                             self.held.set()
                             self._release.wait(60)
+                            self.held_span = (held_at, time.monotonic())
                     if self.delay:
                         time.sleep(self.delay)
                     upstream.sendall(message)
@@ -719,8 +722,10 @@ def victim(libvirtd):
 HELD_INTERVAL = 0.3
 
 
-def run_held(rpc_proxy, state_dir, hold, action, *args):
-    """A run through a proxy that holds the `hold` call; `action()` happens while it is held."""
+def run_held(rpc_proxy, recorder, state_dir, hold, action, *args):
+    """A run through a proxy that holds the `hold` call; `action()` happens while it is held.
+    The check stamps that call's counters at its middle, but libvirtd reads them only after the
+    hold: the recorder is told, so that its bracket around the stamp spans the hold."""
     proxy = rpc_proxy(hold=hold)
     proc = spawn("check_libvirt_instances", "-U", proxy.uri, "--state-dir", state_dir,
                  "--domain", WITH_VICTIM, "--interval", str(HELD_INTERVAL), "-t", "20", *args)
@@ -729,7 +734,10 @@ def run_held(rpc_proxy, state_dir, hold, action, *args):
         action()
     finally:
         proxy.release()
-    return finish(proc), proxy
+    result = finish(proc)
+    if proxy.held_span:
+        recorder.held_calls.append(proxy.held_span)
+    return result, proxy
 
 
 @pytest.mark.parametrize("mode, hold, where", [
@@ -740,7 +748,7 @@ def test_guest_destroyed_between_listing_and_stats(libvirtd, guest_recorder, vic
                                                   mode, hold, where):
     """A guest that vanishes at that moment is simply not on the host: OK, the others measured."""
     started = time.monotonic()
-    result, _ = run_held(rpc_proxy, state_dir, hold, victim.destroy, "--stats-mode", mode)
+    result, _ = run_held(rpc_proxy, guest_recorder, state_dir, hold, victim.destroy, "--stats-mode", mode)
     assert_clean_lines(result)
     assert result.returncode == 0, (where, result.stdout)
     assert result.text.startswith("INSTANCES OK - 2 instances within limits (2 running)"), result.text
@@ -751,7 +759,7 @@ def test_guest_destroyed_between_listing_and_stats(libvirtd, guest_recorder, vic
 def test_guest_destroyed_between_the_two_samples(libvirtd, guest_recorder, victim, rpc_proxy, state_dir):
     """Gone between the two samples of one run: named as vanished, the others measured: OK."""
     started = time.monotonic()
-    result, _ = run_held(rpc_proxy, state_dir, (344, 2), victim.destroy, "--stats-mode", "bulk")
+    result, _ = run_held(rpc_proxy, guest_recorder, state_dir, (344, 2), victim.destroy, "--stats-mode", "bulk")
     assert_clean_lines(result)
     assert result.returncode == 0, result.stdout
     print("OPERATOR SEES:", result.status_line.split(" | ")[0])
@@ -766,7 +774,7 @@ def test_guest_restarted_between_listing_and_stats(libvirtd, guest_recorder, vic
         victim.destroy()
         victim.create()
     started = time.monotonic()
-    result, proxy = run_held(rpc_proxy, state_dir, (16, 1), restart, "--stats-mode", "per-domain")
+    result, proxy = run_held(rpc_proxy, guest_recorder, state_dir, (16, 1), restart, "--stats-mode", "per-domain")
     assert_clean_lines(result)
     assert result.returncode == 0, result.stdout
     line = next(line for line in result.lines if VICTIM_TITLE in line)
