@@ -131,6 +131,12 @@ def test_decimal_sizes_for_people(value, unit, text):
     assert sizes.decimal(value, unit) == text
 
 
+def test_binary_sizes_for_people():
+    assert [sizes.size(v) for v in (0, 40 * 2**30, 2.5 * 2**30, 512 * 2**20, 20 * 2**20, 1.5 * 2**20,
+                                    5000, 11.7 * 2**40)] == \
+        ["0 GiB", "40 GiB", "2.5 GiB", "512 MiB", "20 MiB", "1.5 MiB", "0.00477 MiB", "11.7 TiB"]
+
+
 def test_milliseconds_for_people():
     assert [sizes.milliseconds(v) for v in (150, 0.21, 1e-7, 0)] == ["150 ms", "0.21 ms", "0.0000001 ms", "0 ms"]
 

@@ -5,11 +5,15 @@ from .thresholds import format_number
 
 
 def size(value: float) -> str:
-    """Bytes as GiB (TiB from 10 TiB on): '40 GiB', '2.5 GiB', '11.7 TiB'."""
+    """Bytes in binary units: '40 GiB', '2.5 GiB', '11.7 TiB' from 10 TiB on, MiB below 1 GiB
+    ('512 MiB', '0.5 MiB'; never '0.0 GiB' for an amount that is not nothing)."""
     gib = value / 2**30
-    if gib >= 10240:
+    if abs(gib) >= 10240:
         return f"{gib / 1024:.1f} TiB"
-    return f"{gib:.0f} GiB" if gib >= 100 or gib == int(gib) else f"{gib:.1f} GiB"
+    if value and abs(gib) < 1:
+        mib = value / 2**20
+        return f"{mib:.0f} MiB" if abs(mib) >= 100 else f"{significant(mib)} MiB"
+    return f"{gib:.0f} GiB" if abs(gib) >= 100 or gib == int(gib) else f"{gib:.1f} GiB"
 
 
 def count(value: float) -> str:
