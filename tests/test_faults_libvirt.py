@@ -298,13 +298,28 @@ def test_invalid_option_value_is_one_unknown_line_naming_the_option(state_dir, c
 
 def test_hostile_uri_stays_one_line(state_dir):
     """-U with a newline and a |: one line, no forged perfdata, and UNKNOWN (an invalid option
-    value). Product bug (minor): check_libvirtd calls the unparsable URI 'libvirtd is not
-    answering' and says CRITICAL."""
+    value)."""
     uri = "test:///nonexistent/x.xml\nINSTANCES OK - forged | forged=1"
     for result in (instances(state_dir, "-U", uri), run_check("check_libvirtd", "-U", uri)):
         assert_clean_lines(result)
         assert len(result.lines) == 1 and result.perfdata == {}, result.stdout
         assert result.returncode == 3, result.stdout
+
+
+def test_test_driver_file_missing_or_corrupt(state_dir, tmp_path):
+    """test:///PATH names a file the test driver reads in this process: missing or corrupt is a
+    configuration error (UNKNOWN, saying which), never "libvirtd is not answering", and
+    nothing on stderr (libxml2 would print an I/O warning for a missing file)."""
+    corrupt = tmp_path / "node.xml"
+    corrupt.write_text("<node><domain type='test'><name>x</name>\n")
+    for uri, said in ((f"test://{tmp_path}/missing.xml", f"no file {tmp_path}/missing.xml for libvirt's test driver"),
+                      (f"test://{corrupt}", f"{corrupt}:2: Premature end of data")):
+        for check, name, args in (("check_libvirtd", "LIBVIRTD", ()),
+                                  ("check_libvirt_instances", "INSTANCES", ("--state-dir", state_dir))):
+            result = run_check(check, "-U", uri, *args)
+            assert result.stderr == "", result.stderr
+            assert_plugin_output(result, 3)
+            assert result.text.startswith(f"{name} UNKNOWN - cannot use {uri}: {said}"), result.text
 
 
 # =====================================================================================

@@ -50,6 +50,10 @@ def open_connection(uri: str, read_only: bool = True, unreachable: int = CRITICA
     whose question that is; UNKNOWN for checks that then simply cannot measure.
     """
     libvirt = libvirt_module()
+    if uri.startswith("test:///") and uri != "test:///default":
+        path = uri[len("test://"):]
+        if not os.path.isfile(path):       # else libxml2 prints an I/O warning on stderr
+            raise CheckError(f"cannot use {uri}: no file {path} for libvirt's test driver", UNKNOWN)
     try:
         return libvirt.openReadOnly(uri) if read_only else libvirt.open(uri)
     except libvirt.libvirtError as exc:
@@ -73,7 +77,8 @@ def connect_error(exc, uri: str, unreachable: int = CRITICAL, read_only: bool = 
             libvirt.VIR_ERR_ACCESS_DENIED) or "system bus" in lowered or "polkit" in lowered:
         return CheckError(f"access to {uri} refused: {message}; {_PERMISSION_HINTS[read_only]}",
                           UNKNOWN)
-    if "unable to parse uri" in lowered:
+    if "unable to parse uri" in lowered or uri.startswith("test:"):
+        # the test driver runs in this process: its failures are its file's, not a daemon's
         return CheckError(f"cannot use {uri}: {message}", UNKNOWN)
     if code in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_ARG) and \
             "failed to connect socket" not in lowered:
