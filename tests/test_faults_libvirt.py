@@ -414,7 +414,7 @@ def test_entity_payloads_never_reach_the_check(tmp_path, state_dir, doctype, ref
     result = instances(state_dir, "-U", f"test://{node}")
     assert_clean_lines(result)
     assert result.returncode == 3 and len(result.lines) == 1, result.stdout
-    assert result.text.startswith(f"INSTANCES UNKNOWN - test://{node}: ")
+    assert result.text.startswith(f"INSTANCES UNKNOWN - cannot use test://{node}: "), result.text
     assert "TOP-SECRET" not in result.stdout and "aaaaaaaaaaaaaaaaaaaa" not in result.stdout
     assert result.elapsed < 5
 
