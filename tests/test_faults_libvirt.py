@@ -1253,7 +1253,7 @@ def test_any_state_document_property(tmp_path, samples, names, entry, name_entry
     from nova_libvirt_checks.state import file_for
     with open(file_for("instances", "test:///default", str(directory)), "w") as handle:
         json.dump(document, handle)
-    report = plugin.report_of(instances_check.make_check(args))
+    report = plugin.report_of(instances_check.NAME, instances_check.make_check(args), args)
     assert report.state == plugin.OK, report.summary
 
 

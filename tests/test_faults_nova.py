@@ -130,14 +130,12 @@ def read_bytes(path):
 
 def run_inprocess(argv):
     """What plugin.run does, in this process (hypothesis needs the speed): parse, run the
-    nagiosplugin Check, fit, render. An exception that is not a CheckError is what the
+    nagiosplugin Check and fit its answer (plugin.report_of), render. An exception that is not a CheckError is what the
     operator would read as 'internal error'."""
     try:
         args = hv_check.build_parser(argv).parse_args(argv)
-        check = hv_check.make_check(args)
-        report = plugin.report_of(check)
-        report = plugin.fit(hv_check.NAME, report, args.max_output,
-                            hv_check.lighter_perfdata(args, plugin.perfdata_of(check)))
+        report = plugin.report_of(hv_check.NAME, hv_check.make_check(args), args,
+                                  hv_check.lighter_perfdata)
     except plugin.CheckError as exc:
         report = plugin.Report(exc.state, str(exc))
     except Exception as exc:  # noqa: BLE001 - becomes the 'internal error' line, as in main()

@@ -250,7 +250,7 @@ def test_state_reasons_and_defaults(state, reason, disk_errors, options, expecte
             self.host_cpus, self.mode = 2, "bulk"
 
     args = instances.build_parser().parse_args(options)
-    report = plugin.report_of(instances.make_check(args, Given(args)))
+    report = plugin.report_of(instances.NAME, instances.make_check(args, Given(args)), args)
     assert plugin_state(report) == expected, (report.summary, report.long_output)
     assert words in report.summary + "\n" + "\n".join(report.long_output)
 

@@ -127,24 +127,31 @@ def perfdata_of(check: nagiosplugin.Check) -> list[tuple[nagiosplugin.Metric, st
     return pairs
 
 
-def report_of(check: nagiosplugin.Check) -> Report:
+def report_of(name: str, check: nagiosplugin.Check, args: argparse.Namespace,
+              lighter_perfdata: Optional[Callable[[argparse.Namespace, list], Iterable]] = None) -> Report:
     """Run the check (nagiosplugin probes each resource and judges each metric) and collect
-    its answer: state, the Summary's status line and long output, perfdata."""
-    check()
-    return _answer(check, perfdata_of(check))
-
-
-def _answer(check: nagiosplugin.Check, pairs: list[tuple[nagiosplugin.Metric, str]]) -> Report:
-    """The answer of a check that has run, its perfdata given as `perfdata_of(check)`.
+    its answer: state, the Summary's status line and long output, perfdata; within
+    `args.max_output` where the parser has it (`fit`), trying `lighter_perfdata(args,
+    [(metric, token), ...])`'s `(tokens, note)` choices first.
 
     The Summary's verbose() is asked at every -v level, not only from -v 1 on as nagiosplugin
     does: our checks name each offending instance or hypervisor at -v 0. A Summary that needs
     the level takes it in its constructor.
     """
+    check()
+    pairs = perfdata_of(check)      # once: the answer's, and the lighter choices' source
     long_output = check.verbose_str
     if isinstance(long_output, str):
         long_output = long_output.splitlines()
-    return Report(check.exitcode, check.summary_str, long_output, [tok for _metric, tok in pairs])
+    report = Report(check.exitcode, check.summary_str, long_output, [tok for _metric, tok in pairs])
+    max_bytes = getattr(args, "max_output", None)
+    if not max_bytes:
+        return report
+
+    def lighter():      # a generator: run only when the output is too large
+        if lighter_perfdata:
+            yield from lighter_perfdata(args, pairs)
+    return fit(name, report, max_bytes, lighter())
 
 
 # ---------------------------------------------------------------- output
@@ -338,9 +345,8 @@ def run(name: str, parser: argparse.ArgumentParser,
     """Parse arguments, arm the deadline, run `make_check(args)`'s Check, print, exit.
 
     `name` is the status line's prefix (LIBVIRTD). `timeout_message(args)` words what a timeout
-    means for this check, said with `timeout_state`. When the parser has `--max-output`, the
-    output is kept within it (`fit`), trying `lighter_perfdata(args, [(metric, token), ...])`'s
-    `(tokens, note)` choices first. Never returns.
+    means for this check, said with `timeout_state`. The answer is `report_of`'s, kept within
+    `--max-output` with `lighter_perfdata`'s help. Never returns.
     """
     verbose = 0
     try:
@@ -349,16 +355,7 @@ def run(name: str, parser: argparse.ArgumentParser,
         message = (timeout_message(args) if timeout_message
                    else f"no result within the timeout of {args.timeout:g} s")
         Watchdog(args.timeout, name, timeout_state, message).start()
-        check = make_check(args)
-        check()
-        pairs = perfdata_of(check)      # once: the answer's, and the lighter choices' source
-        report = _answer(check, pairs)
-        max_bytes = getattr(args, "max_output", None)
-        if max_bytes:
-            def lighter():      # a generator: run only when the output is too large
-                if lighter_perfdata:
-                    yield from lighter_perfdata(args, pairs)
-            report = fit(name, report, max_bytes, lighter())
+        report = report_of(name, make_check(args), args, lighter_perfdata)
     except CheckError as exc:
         report = Report(exc.state, str(exc))
         # tracebacks only at -vvv: nagiosplugin prints them from -v on, and -v is for operators
