@@ -113,12 +113,12 @@ def test_a_name_given_twice_is_an_invalid_argument(argv):
     assert str(error.value) == f"invalid argument: argument {option}: {name} given twice: one range per name"
 
 
-def test_state_of():
+def test_breach():
     warn, crit = thresholds.parse_range("10"), thresholds.parse_range("20")
-    assert thresholds.state_of(5, warn, crit) == 0
-    assert thresholds.state_of(15, warn, crit) == 1
-    assert thresholds.state_of(25, warn, crit) == 2
-    assert thresholds.state_of(25) == 0
+    assert thresholds.breach(5, warn, crit) == (0, None)
+    assert thresholds.breach(15, warn, crit) == (1, warn)
+    assert thresholds.breach(25, warn, crit) == (2, crit)
+    assert thresholds.breach(25) == (0, None)
 
 
 @pytest.mark.parametrize("value, unit, text", [

@@ -24,7 +24,7 @@ from .metadata import NovaInstance
 from .perfdata import labels_with_ids
 from .rates import METRICS, baseline, gauges, rates, remember, slowest_disk, to_state
 from .state import StateError, StateFile, boot_id, file_for
-from .thresholds import COUNT_UNITS, MILLISECOND_UNITS, PLAIN_UNITS, SIZE_UNITS, OncePerName, breach, named_range_type
+from .thresholds import COUNT_UNITS, MILLISECOND_UNITS, PLAIN_UNITS, SIZE_UNITS, OncePerName, named_range_type
 
 NAME = "INSTANCES"
 STATE_NAMES = tuple(DOMAIN_STATES.values())
@@ -600,13 +600,10 @@ class InstanceRate(Rate):
         super().__init__(metric, metric, warning, critical, shown=perfdata in ("all", "offenders"))
         self.offenders_only = perfdata == "offenders"
 
-    def evaluate(self, metric, resource):
-        result = super().evaluate(metric, resource)
-        if result.hint:
-            _state, limit = breach(metric.value, *self.limits)
-            resource.owner[metric.name].problems.append(
-                (result.state.code, result.hint, _excess(metric.value, limit)))
-        return result
+    def breached(self, metric, state, limit, resource):
+        text = super().breached(metric, state, limit, resource)
+        resource.owner[metric.name].problems.append((state, text, _excess(metric.value, limit)))
+        return text
 
     def performance(self, metric, resource):
         if self.offenders_only and not resource.owner[metric.name].problems:

@@ -95,11 +95,16 @@ class ThresholdContext(nagiosplugin.ScalarContext):
 
     def evaluate(self, metric: nagiosplugin.Metric, resource: nagiosplugin.Resource) -> nagiosplugin.Result:
         state, limit = breach(metric.value, *self.limits)
-        if not state:
-            return self.result_cls(STATES[state], None, metric)
-        hint = (self.hint(metric, limit, resource) if self.hint
-                else f"{self.what} {describe_breach(metric.value, limit, self.show)}")
+        hint = self.breached(metric, state, limit, resource) if state else None
         return self.result_cls(STATES[state], hint, metric)
+
+    def breached(self, metric: nagiosplugin.Metric, state: int, limit: nagiosplugin.Range,
+                 resource: nagiosplugin.Resource) -> str:
+        """The words of a breach of `limit` (state WARNING or CRITICAL); a subclass may also
+        note it where it needs it."""
+        if self.hint:
+            return self.hint(metric, limit, resource)
+        return f"{self.what} {describe_breach(metric.value, limit, self.show)}"
 
     def performance(self, metric: nagiosplugin.Metric,
                     resource: nagiosplugin.Resource) -> nagiosplugin.Performance:

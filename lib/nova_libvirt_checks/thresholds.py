@@ -147,21 +147,15 @@ class OncePerName(argparse.Action):
         setattr(namespace, self.dest, given + [values])
 
 
-def state_of(value: Number, warning: Optional[nagiosplugin.Range] = None,
-             critical: Optional[nagiosplugin.Range] = None) -> int:
-    """0/1/2 for a value against optional warning and critical ranges (critical wins)."""
-    if critical is not None and not critical.match(value):
-        return 2
-    if warning is not None and not warning.match(value):
-        return 1
-    return 0
-
-
 def breach(value: Number, warning: Optional[nagiosplugin.Range] = None,
            critical: Optional[nagiosplugin.Range] = None) -> tuple[int, Optional[nagiosplugin.Range]]:
-    """(state, the range that was broken) for a value; (0, None) when it keeps to both."""
-    state = state_of(value, warning, critical)
-    return state, {0: None, 1: warning, 2: critical}[state]
+    """(state 0/1/2, the range that was broken) for a value against optional warning and
+    critical ranges, critical winning; (0, None) when it keeps to both."""
+    if critical is not None and not critical.match(value):
+        return 2, critical
+    if warning is not None and not warning.match(value):
+        return 1, warning
+    return 0, None
 
 
 def describe_breach(value: Number, rng: nagiosplugin.Range,
