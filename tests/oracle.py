@@ -19,7 +19,10 @@ a bracket, exact for any burstiness of the guest's I/O, a few % wide for steady 
 being the middle of a stats call, not the instant libvirtd read the counter: SLACK_S (a call
 takes ~40 ms here, 150 ms when busy), or the longest of the test's own calls around t when the machine is loaded
 (at a load average of 20 on 2 cores calls took up to 1.2 s and the check's stamps lay up to
-0.44 s after its counters were read): the bracket widens with the load, honestly. `assert_rates_match` then allows only the rounding of the
+0.44 s after its counters were read): the bracket widens with the load, honestly. Where a test
+held the check's call itself (tests/test_faults_libvirt.py's RpcProxy), the stamp is the middle
+of the wait and libvirtd read the counters after it: `read_between` runs the bracket to the end
+of the hold. `assert_rates_match` then allows only the rounding of the
 printed value (and 0.5 % for float sums) beyond the bracket. A rate 10 % off lies outside the
 bracket of every steady counter (CPU, network).
 """
