@@ -106,6 +106,12 @@ OPTION_SPECIALS = ["", " ", "0", "-0", "1", "-1", "+5", ".5", "5.", "1e3", "0x10
                    "\x00"]
 
 
+def steady_labels(labels):
+    """Perfdata labels, in order, without the disk latencies: those exist only for a window in
+    which the disk had requests of that kind (issue 13), so two runs a moment apart may differ."""
+    return [label for label in labels if not label.endswith("_latency")]
+
+
 def parse_option(parser, option, attribute, value):
     """Parse `option=value` as the check does: the accepted value, or None when refused with a
     UsageError naming the option in one line; never a warning (it would reach stderr, which

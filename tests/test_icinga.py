@@ -36,7 +36,7 @@ import pytest
 
 from tests import fixtures_icinga as fi
 from tests.conftest import ROOT, service_unavailable
-from tests.helpers import apt_install
+from tests.helpers import apt_install, steady_labels
 
 ICINGA = os.path.join(ROOT, "icinga")
 NRPE_FILE = os.path.join(ICINGA, "nrpe", "nova-libvirt-checks.cfg")
@@ -114,8 +114,7 @@ LATENCY = re.compile(r", disk (?:read|write|flush) latency # ms")
 def labels_of(perfdata_list):
     """The labels in order, without the disk latencies: those exist only for a window in which
     the disk had requests (issue 13), so runs a moment apart may have them or not."""
-    labels = [t.split("=", 1)[0].strip("'") for t in perfdata_list]
-    return [label for label in labels if not label.endswith("_latency")]
+    return steady_labels(t.split("=", 1)[0].strip("'") for t in perfdata_list)
 
 
 def plugin_argv(command_line, plugin_dir):
